@@ -1,0 +1,85 @@
+"""Per-frame sharpness scores."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from luckystack.core.errors import FrameError
+
+__all__ = ["measure_sharpness", "estimate_noise"]
+
+
+def estimate_noise(lum: np.ndarray) -> float:
+    """Robust per-pixel noise sigma of a 2-D image.
+
+    Uses the median absolute deviation of the difference between each pixel
+    and the mean of its 3x3 neighbourhood; seeing-blurred planetary detail is
+    smooth at that scale, so the residual is dominated by noise. The factor
+    ``sqrt(9/8)`` undoes the neighbourhood's own share of the noise.
+    """
+    img = lum.astype(np.float32, copy=False)
+    resid = img - cv2.blur(img, (3, 3), borderType=cv2.BORDER_REFLECT)
+    mad = float(np.median(np.abs(resid - np.median(resid))))
+    return 1.4826 * mad * float(np.sqrt(9.0 / 8.0))
+
+
+def _laplacian_noise_gain(blur_sigma_px: float) -> float:
+    """Variance gain of blur+Laplacian applied to unit white noise."""
+    impulse = np.zeros((41, 41), np.float32)
+    impulse[20, 20] = 1.0
+    k = cv2.GaussianBlur(impulse, (0, 0), blur_sigma_px) if blur_sigma_px > 0 else impulse
+    k = cv2.Laplacian(k, cv2.CV_32F, ksize=1)
+    return float((k.astype(np.float64) ** 2).sum())
+
+
+def measure_sharpness(
+    lum: np.ndarray, *, blur_sigma_px: float = 1.0, noise_sigma: float | None = None
+) -> float:
+    """Sharpness of a planet crop: noise-corrected Laplacian energy over brightness².
+
+    Parameters
+    ----------
+    lum : (H, W) ndarray
+        Luminance of a crop around the planet.
+    blur_sigma_px : float, optional
+        Gaussian pre-blur; suppresses pixel noise before the Laplacian.
+    noise_sigma : float, optional
+        Per-pixel noise of ``lum``; estimated with :func:`estimate_noise` when
+        omitted.
+
+    Returns
+    -------
+    float
+        A finite score ``>= 0``; larger is sharper. Comparable between frames
+        of one session; invariant to a brightness scale factor.
+
+    Raises
+    ------
+    FrameError
+        If ``lum`` is not 2-D, is too small, or is completely dark.
+
+    Notes
+    -----
+    ``S = max(0, mean(L²) - g σ²) / m²`` where ``L`` is the Laplacian of the
+    blurred crop, ``σ`` the noise, ``g`` the variance gain of blur+Laplacian on
+    white noise (so noise adds nothing on average) and ``m`` the mean of the
+    pixels brighter than half the crop's 99th percentile (the disc).
+    """
+    if lum.ndim != 2:
+        raise FrameError(f"expected a 2-D crop, got shape {lum.shape}")
+    if min(lum.shape) < 8:
+        raise FrameError(f"crop too small to score: {lum.shape}")
+    img = lum.astype(np.float32, copy=False)
+    bright = float(np.percentile(img, 99))
+    if not np.isfinite(bright) or bright <= 0:
+        raise FrameError("cannot score a dark crop")
+    disc = img[img > 0.5 * bright]
+    level = float(disc.mean()) if disc.size else bright
+    if noise_sigma is None:
+        noise_sigma = estimate_noise(img)
+    blurred = cv2.GaussianBlur(img, (0, 0), blur_sigma_px) if blur_sigma_px > 0 else img
+    lap = cv2.Laplacian(blurred, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    energy = float(np.mean(lap.astype(np.float64) ** 2))
+    energy -= _laplacian_noise_gain(blur_sigma_px) * noise_sigma**2
+    return max(energy, 0.0) / (level * level)

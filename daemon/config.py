@@ -1,0 +1,266 @@
+"""Configuration: TOML file + environment (LUCKYSTACK_*), validated by pydantic.
+
+Priority, highest first: command-line overrides, environment variables
+(``LUCKYSTACK_PRESET=seed``, ``LUCKYSTACK_STACK__BUFFER_SIZE=200``), the TOML
+file, the defaults. Every problem in a bad config is reported at once, each
+with its location (``[stack] buffer_size: ...``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from luckystack.core.pipeline import PipelineParams, SharpenParams
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "pipeline_params",
+    "PRESETS",
+]
+
+PRESETS = ("default", "seed")
+DEFAULT_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` lists each one."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration ({source}):\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WatchSettings(_Section):
+    """``[watch]``: how the capture folder is watched."""
+
+    recursive: bool = False
+    polling: bool = False
+    poll_interval_s: float = Field(0.5, gt=0, le=60)
+    settle_s: float = Field(1.0, gt=0, le=600)
+    timeout_s: float = Field(30.0, gt=0, le=86400)
+    existing: Literal["all", "none"] = "all"
+    suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+    follow_symlinks: bool = False
+    on_folder_lost: Literal["wait", "exit"] = "wait"
+    queue_size: int = Field(10000, ge=1)
+
+    @model_validator(mode="after")
+    def _suffixes_have_dots(self) -> WatchSettings:
+        bad = [s for s in self.suffixes if not s.startswith(".") or len(s) < 2]
+        if bad:
+            raise ValueError(f"suffixes must look like '.png', got {bad}")
+        return self
+
+
+class CropSettings(_Section):
+    """``[crop]``: finding the planet."""
+
+    margin: float = Field(0.15, ge=0, le=2)
+    min_contrast: float = Field(8.0, gt=0)
+
+
+class QualitySettings(_Section):
+    """``[quality]``: frame scoring and rejection."""
+
+    blur_px: float = Field(1.0, ge=0, le=10)
+    min_ratio: float = Field(0.0, ge=0, le=1)
+    history: int = Field(50, ge=5)
+    max_size_change: float = Field(0.2, gt=0)
+    max_saturated_fraction: float = Field(0.01, ge=0, le=1)
+
+
+class RegistrationSettings(_Section):
+    """``[registration]``: sub-pixel alignment."""
+
+    enabled: bool = True
+    min_peak: float = Field(0.3, ge=0, le=1)
+
+
+class StackSettings(_Section):
+    """``[stack]``: the rolling buffer and how it is combined."""
+
+    buffer_size: int = Field(20, ge=1, le=100_000)
+    keep: int | None = Field(None, ge=1)
+    keep_fraction: float | None = Field(None, gt=0, le=1)
+    combine: Literal["mean", "median", "sigma_clip"] = "mean"
+    weighting: Literal["none", "quality"] = "none"
+
+    @model_validator(mode="after")
+    def _keep_fits(self) -> StackSettings:
+        if self.keep is not None and self.keep_fraction is not None:
+            raise ValueError("set keep or keep_fraction, not both")
+        if self.keep is not None and self.keep > self.buffer_size:
+            raise ValueError(f"keep ({self.keep}) exceeds buffer_size ({self.buffer_size})")
+        return self
+
+
+class SharpenSettings(_Section):
+    """``[sharpen]``: sharpening of the stack."""
+
+    method: Literal["gaussian_laplacian", "kernel", "none"] = "gaussian_laplacian"
+    sigma_px: float = Field(1.0, gt=0, le=20)
+    amount: float = Field(1.0, ge=0, le=20)
+
+
+class OutputSettings(_Section):
+    """``[output]``: where results go."""
+
+    folder: Path | None = None
+    write_comparison: bool = True
+
+
+class LoggingSettings(_Section):
+    """``[logging]``."""
+
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    json_file: Path | None = None
+    rotation: str = "10 MB"
+    retention: int = Field(5, ge=1)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Sections mirror ``config.example.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LUCKYSTACK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    preset: Literal["default", "seed"] = "default"
+    watch: WatchSettings = WatchSettings()
+    crop: CropSettings = CropSettings()
+    quality: QualitySettings = QualitySettings()
+    registration: RegistrationSettings = RegistrationSettings()
+    stack: StackSettings = StackSettings()
+    sharpen: SharpenSettings = SharpenSettings()
+    output: OutputSettings = OutputSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if settings_cls.model_config.get("toml_file"):
+            sources += (TomlConfigSettingsSource(settings_cls),)
+        return sources
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if not parts:
+        return "(top level)"
+    if len(parts) == 1:
+        return parts[0]
+    return f"[{parts[0]}] " + ".".join(parts[1:])
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against config.example.toml)"
+        out.append(f"{_format_loc(tuple(e['loc']))}: {msg}")
+    return out
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (TOML), the environment and ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or unreadable, is not valid TOML, or any value
+        is invalid; the error lists every problem with its location.
+    """
+    source = str(path) if path is not None else "defaults + environment"
+    cls: type[Settings] = Settings
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(source, [f"config file not found: {path}"])
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(source, [f"not valid TOML: {err}"]) from err
+        except OSError as err:
+            raise ConfigError(source, [f"cannot read: {err}"]) from err
+
+        class _FileSettings(Settings):
+            model_config = SettingsConfigDict(toml_file=path)
+
+        cls = _FileSettings
+    try:
+        settings = cls(**overrides)
+    except ValidationError as err:
+        raise ConfigError(source, _problems(err)) from err
+    return settings
+
+
+def pipeline_params(settings: Settings) -> PipelineParams:
+    """Convert settings into the core's parameters (the daemon/core boundary).
+
+    ``preset = "seed"`` reproduces the origin script: its crop, its stack
+    (scaled to the largest crop, plain mean of the whole buffer) and its
+    Gaussian+Laplacian sharpening; only ``buffer_size``, the crop margin and
+    the sharpening strength are taken from the settings.
+    """
+    s = settings
+    sharpen = SharpenParams(
+        method=s.sharpen.method, sigma_px=s.sharpen.sigma_px, amount=s.sharpen.amount
+    )
+    if s.preset == "seed":
+        return PipelineParams(
+            method="seed",
+            crop_margin=s.crop.margin,
+            min_contrast=s.crop.min_contrast,
+            buffer_size=s.stack.buffer_size,
+            quality_blur_px=s.quality.blur_px,
+            register=False,
+            sharpen=sharpen,
+        )
+    return PipelineParams(
+        method="default",
+        crop_margin=s.crop.margin,
+        min_contrast=s.crop.min_contrast,
+        buffer_size=s.stack.buffer_size,
+        keep=s.stack.keep,
+        keep_fraction=s.stack.keep_fraction,
+        combine=s.stack.combine,
+        weighting=s.stack.weighting,
+        quality_blur_px=s.quality.blur_px,
+        min_quality_ratio=s.quality.min_ratio,
+        quality_history=s.quality.history,
+        max_size_change=s.quality.max_size_change,
+        max_saturated_fraction=s.quality.max_saturated_fraction,
+        register=s.registration.enabled,
+        min_peak=s.registration.min_peak,
+        sharpen=sharpen,
+    )

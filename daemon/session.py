@@ -1,0 +1,280 @@
+"""A stacking session: frame files in, CSV rows and output images out.
+
+:class:`Session` is the one place where files meet the core pipeline. The
+batch command (``run``) and the daemon (``watch``) both feed paths to
+:meth:`Session.process` in order and call :meth:`Session.write_outputs`;
+identical frames therefore give identical images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from luckystack.core.crop import CropBox
+from luckystack.core.errors import FrameError
+from luckystack.core.frame import normalise_frame
+from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams
+from luckystack.daemon.frames import read_frame
+from luckystack.daemon.outputs import CropLog, CropRecord, encode_png16, atomic_write_bytes
+
+__all__ = ["Session", "SessionStats", "default_output_dir", "OUTPUT_NAMES"]
+
+OUTPUT_NAMES = {
+    "stacked": "stacked.png",
+    "sharpened": "sharpened.png",
+    "comparison": "comparison.png",
+    "csv": "crops.csv",
+}
+
+
+def default_output_dir(input_path: Path) -> Path:
+    """``INPUT_luckystack`` beside the input folder (never inside it)."""
+    input_path = Path(input_path).resolve()
+    return input_path.parent / f"{input_path.name}_luckystack"
+
+
+@dataclass(slots=True)
+class SessionStats:
+    processed: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    writes: int = 0
+    write_failures: int = 0
+    resumed: int = 0
+
+
+def _record_to_outcome(rec: CropRecord) -> FrameOutcome:
+    box = disc = None
+    if rec.x is not None and rec.width is not None:
+        box = CropBox(rec.y, rec.x, rec.y + rec.height, rec.x + rec.width)  # type: ignore[operator]
+    if rec.disc_x is not None and rec.disc_width is not None:
+        disc = CropBox(rec.disc_y, rec.disc_x, rec.disc_y + rec.disc_height,  # type: ignore[operator]
+                       rec.disc_x + rec.disc_width)
+    shift = None
+    if rec.shift_y is not None and rec.shift_x is not None:
+        shift = (rec.shift_y, rec.shift_x)
+    return FrameOutcome(
+        accepted=rec.outcome == "accepted",
+        reason=rec.reason,
+        box=box,
+        disc=disc,
+        sharpness=rec.sharpness,
+        shift_yx=shift,
+        stacked=rec.stacked,
+    )
+
+
+class Session:
+    """Process frame files of one capture session into one output folder.
+
+    Parameters
+    ----------
+    params : PipelineParams
+    input_root : Path
+        The capture folder; CSV ``file`` entries are relative to it.
+    output_dir : Path
+        Created if missing. Must not be inside ``input_root``.
+    write_comparison : bool
+        Also write ``comparison.png``.
+    """
+
+    def __init__(
+        self,
+        params: PipelineParams,
+        input_root: Path,
+        output_dir: Path,
+        *,
+        write_comparison: bool = True,
+    ) -> None:
+        self.params = params
+        self.input_root = Path(input_root).resolve()
+        self.output_dir = Path(output_dir).resolve()
+        if self.output_dir == self.input_root or self.input_root in self.output_dir.parents:
+            raise ValueError(
+                f"output folder {self.output_dir} is inside the capture folder "
+                f"{self.input_root}; choose one outside it"
+            )
+        self.write_comparison = write_comparison
+        self.stacker = LiveStacker(params)
+        self.log = CropLog(self.output_dir / OUTPUT_NAMES["csv"])
+        self.stats = SessionStats()
+        self._done: set[str] = set()
+        self._dirty = False
+        self._next_index = 0
+
+    # -- life cycle ------------------------------------------------------------
+    def open(self) -> None:
+        """Create the output folder, open the CSV and resume a previous run."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        records = self.log.open()
+        self._done = {r.file for r in records}
+        self._next_index = (records[-1].index + 1) if records else 0
+        if records:
+            self._resume(records)
+
+    def close(self) -> None:
+        self.log.close()
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- frames ----------------------------------------------------------------
+    def key(self, path: Path) -> str:
+        """The CSV name of a frame: its path relative to the capture folder."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.input_root).as_posix()
+        except ValueError:
+            return path.name
+
+    def is_done(self, path: Path) -> bool:
+        return self.key(path) in self._done
+
+    def process(self, path: Path) -> CropRecord:
+        """Run one frame file through the pipeline and append its CSV row.
+
+        Never raises for a bad frame: it is recorded as rejected with a reason.
+        """
+        key = self.key(path)
+        when = datetime.now(timezone.utc)
+        try:
+            ff = read_frame(path)
+            when = ff.time
+            frame = normalise_frame(ff.image)
+            outcome = self.stacker.add(frame)
+        except FrameError as err:
+            outcome = FrameOutcome(accepted=False, reason=str(err))
+        record = self._record(key, when, outcome)
+        self.log.append(record)
+        self._done.add(key)
+        self.stats.processed += 1
+        if outcome.accepted:
+            self.stats.accepted += 1
+            self._dirty = True
+        else:
+            self.stats.rejected += 1
+            logger.bind(frame=key).warning("frame rejected: {}", outcome.reason)
+        return record
+
+    def _record(self, key: str, when: datetime, o: FrameOutcome) -> CropRecord:
+        index = self._next_index
+        self._next_index += 1
+        b, d = o.box, o.disc
+        return CropRecord(
+            index=index,
+            file=key,
+            time=when.isoformat(timespec="milliseconds"),
+            outcome="accepted" if o.accepted else "rejected",
+            reason=o.reason,
+            x=b.x0 if b else None,
+            y=b.y0 if b else None,
+            width=b.width if b else None,
+            height=b.height if b else None,
+            center_x=round(o.center_yx[1], 3) if o.center_yx else None,
+            center_y=round(o.center_yx[0], 3) if o.center_yx else None,
+            disc_x=d.x0 if d else None,
+            disc_y=d.y0 if d else None,
+            disc_width=d.width if d else None,
+            disc_height=d.height if d else None,
+            sharpness=o.sharpness,
+            shift_x=o.shift_yx[1] if o.shift_yx else None,
+            shift_y=o.shift_yx[0] if o.shift_yx else None,
+            stacked=o.stacked,
+        )
+
+    def _resume(self, records: list[CropRecord]) -> None:
+        """Rebuild the buffer from the CSV: replay the frames still stacked."""
+        p = self.params
+        accepted = [i for i, r in enumerate(records) if r.outcome == "accepted"]
+        if not accepted:
+            return
+        replay = set(accepted[-p.buffer_size:])
+        start = min(min(replay), max(0, len(records) - p.quality_history))
+        first = accepted[0]
+        if first not in replay:
+            # The comparison image shows the session's first crop: rebuild it too.
+            self._replay_first(records[first])
+        for i in range(start, len(records)):
+            rec = records[i]
+            outcome = _record_to_outcome(rec)
+            if i in replay:
+                path = self.input_root / rec.file
+                try:
+                    frame = normalise_frame(read_frame(path).image)
+                    self.stacker.replay(frame, outcome)
+                    self.stats.resumed += 1
+                except (FrameError, ValueError) as err:
+                    logger.bind(frame=rec.file).warning("cannot replay frame on resume: {}", err)
+            else:
+                self.stacker.note_history(outcome)
+        if self.stats.resumed:
+            self._dirty = True
+            logger.info(
+                "resumed session: {} frames already done, {} replayed into the stack",
+                len(records), self.stats.resumed,
+            )
+
+    def _replay_first(self, rec: CropRecord) -> None:
+        try:
+            frame = normalise_frame(read_frame(self.input_root / rec.file).image)
+            self.stacker.set_first_crop(self.stacker.crop_for(frame, _record_to_outcome(rec)))
+        except (FrameError, ValueError) as err:
+            logger.bind(frame=rec.file).warning("cannot rebuild the first crop: {}", err)
+
+    # -- outputs ---------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def render(self) -> dict[str, np.ndarray]:
+        """The current output images (working data), without writing them."""
+        stacked = self.stacker.stacked()
+        if stacked is None:
+            return {}
+        sharpened = self.stacker.sharpen(stacked)
+        out = {"stacked": stacked, "sharpened": sharpened}
+        first = self.stacker.first_crop()
+        if self.write_comparison and first is not None:
+            out["comparison"] = _side_by_side(self.stacker.sharpen(first), sharpened)
+        return out
+
+    def write_outputs(self) -> bool:
+        """Replace the output images atomically if anything changed.
+
+        Returns True when written. An OSError (disk full, permissions) is
+        logged and counted; the images on disk stay the previous complete
+        ones, and the next call tries again.
+        """
+        if not self._dirty:
+            return False
+        images = self.render()
+        try:
+            for name, image in images.items():
+                atomic_write_bytes(self.output_dir / OUTPUT_NAMES[name], encode_png16(image))
+            self.log.sync()
+        except OSError as err:
+            self.stats.write_failures += 1
+            logger.error("cannot write outputs to {}: {}", self.output_dir, err)
+            return False
+        self._dirty = False
+        self.stats.writes += 1
+        return True
+
+
+def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
+    """``left`` (scaled to ``right``'s height) and ``right`` side by side."""
+    import cv2
+
+    if left.shape[:2] != right.shape[:2]:
+        left = cv2.resize(left, (right.shape[1], right.shape[0]), interpolation=cv2.INTER_LINEAR)
+    spacer = np.zeros((right.shape[0], gap) + right.shape[2:], dtype=np.float32)
+    return np.concatenate([left.astype(np.float32), spacer, right.astype(np.float32)], axis=1)

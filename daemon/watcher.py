@@ -1,0 +1,664 @@
+"""Watch a capture folder and hand each *complete* frame file to a callback.
+
+Capture software (FireCapture, SharpCap, ...) writes frames into a folder. A
+file is not complete when it is created (watchdog #586, #787), so:
+
+* With inotify (the normal case on Linux) a frame is ready on ``closed``
+  (``IN_CLOSE_WRITE``, :class:`~watchdog.events.FileClosedEvent`) or when a
+  frame name appears through a rename (``moved``, destination path). Everything
+  else (``created``, ``modified``, ``opened``, ``closed_no_write``, directory
+  events) is ignored.
+* In polling mode (network shares, where the local kernel never sees the
+  writes), :class:`StabilityTracker` waits until size and mtime stay unchanged
+  for ``settle_s`` over at least two observations, with a timeout.
+
+Hidden names, ``~`` names, partial/temporary names and unknown suffixes are
+filtered here in code (watchdog 7 changed pattern matching to
+``PurePath.full_match``). Callbacks run on a watcher thread: they must be
+cheap (push the path onto a queue). An exception raised by a callback never
+kills the watcher thread: it goes to ``on_error(path, exc)`` or is logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat as stat_mod
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Self
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+try:  # only importable on Linux with a usable libc
+    from watchdog.observers.inotify import InotifyObserver
+except Exception:  # pragma: no cover - non-Linux
+    InotifyObserver = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "FRAME_SUFFIXES",
+    "FolderWatcher",
+    "FrameEventHandler",
+    "StabilityTracker",
+    "is_frame_name",
+    "list_existing_frames",
+    "natural_key",
+]
+
+log = logging.getLogger(__name__)
+
+FRAME_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".fits", ".fit", ".fts", ".ser"}
+)
+
+_PARTIAL_ENDINGS = (".tmp", ".part", ".partial", ".crdownload", "~")
+
+#: True when the native observer reports IN_CLOSE_WRITE (Linux inotify). Elsewhere
+#: the native observer is used with the stability tracker instead.
+_NATIVE_EMITS_CLOSE = InotifyObserver is not None and Observer is InotifyObserver
+
+OnFrame = Callable[[Path], None]
+OnIgnored = Callable[[Path, str], None]
+OnError = Callable[[Path, BaseException], None]
+
+# Reasons passed to ``on_ignored`` (and returned by StabilityTracker.poll).
+REASON_VANISHED = "vanished"
+REASON_EMPTY = "empty"
+REASON_NOT_REGULAR = "not a regular file"
+REASON_SYMLINK_OUTSIDE = "symlink outside root"
+REASON_TIMEOUT_EMPTY = "timeout: still empty"
+REASON_TIMEOUT_CHANGING = "timeout: still changing"
+REASON_TIMEOUT_UNREADABLE = "timeout: cannot stat"
+
+_MAX_REMEMBERED = 65_536
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _normalize_suffixes(suffixes: Collection[str]) -> frozenset[str]:
+    return frozenset(s.lower() if s.startswith(".") else "." + s.lower() for s in suffixes)
+
+
+def is_frame_name(path: Path | str, suffixes: Collection[str] = FRAME_SUFFIXES) -> bool:
+    """True if ``path``'s name looks like a finished frame file.
+
+    False for hidden (``.x``) and ``~x`` names, names ending in ``.tmp``,
+    ``.part``, ``.partial``, ``.crdownload`` or ``~``, and suffixes not in
+    ``suffixes`` (compared case-insensitively; a missing leading dot is added).
+    """
+    name = PurePath(os.fsdecode(path)).name
+    if not name or name[0] in ".~":
+        return False
+    lower = name.lower()
+    if lower.endswith(_PARTIAL_ENDINGS):
+        return False
+    if suffixes is not FRAME_SUFFIXES:
+        suffixes = _normalize_suffixes(suffixes)
+    return PurePath(lower).suffix in suffixes
+
+
+_CHUNKS = re.compile(r"([0-9]+)")
+
+
+def _name_key(name: str) -> tuple[str | int, ...]:
+    # re.split with one capturing group alternates text, digits, text, ...,
+    # always starting and ending with (possibly empty) text. Position i thus
+    # has the same type in every key, so keys compare without TypeError.
+    parts = _CHUNKS.split(name)
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
+
+
+def natural_key(path_or_name: str | os.PathLike[str]) -> tuple:
+    """Sort key for natural order: ``2.png`` < ``10.png``, ``f_2`` < ``f_10``.
+
+    Digit runs compare as integers, text case-insensitively, path components
+    one by one (so a relative path sorts by its directories first). Ties (``02``
+    vs ``2``, ``A`` vs ``a``) are broken by the plain component strings, so the
+    order is total and deterministic. Keys of any two names compare without
+    ``TypeError``.
+    """
+    parts = PurePath(os.fsdecode(path_or_name)).parts
+    return tuple(_name_key(p) for p in parts), parts
+
+
+def _outside_root(path: Path, root_resolved: Path) -> bool:
+    """True if ``path`` (e.g. through a symlink) resolves outside ``root_resolved``."""
+    try:
+        return not path.resolve().is_relative_to(root_resolved)
+    except (OSError, RuntimeError):  # symlink loop and the like
+        return True
+
+
+def _in_hidden_dir(path: Path, root: Path) -> bool:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    return any(part.startswith(".") for part in rel.parts[:-1])
+
+
+def list_existing_frames(
+    folder: Path,
+    *,
+    recursive: bool = False,
+    suffixes: Collection[str] = FRAME_SUFFIXES,
+    follow_symlinks: bool = False,
+) -> list[Path]:
+    """Frame files already in ``folder``, in natural order.
+
+    Applies the same rules as the watcher: :func:`is_frame_name`, regular files
+    only (symlinks are followed for this test), hidden directories skipped when
+    ``recursive``, symlinked directories not descended into, and files whose
+    symlink target lies outside ``folder`` skipped unless ``follow_symlinks``.
+    Recursive results are sorted by their path relative to ``folder``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        if not folder.exists():
+            raise FileNotFoundError(errno.ENOENT, "capture folder does not exist", str(folder))
+        raise NotADirectoryError(errno.ENOTDIR, "capture folder is not a directory", str(folder))
+    suffixes = _normalize_suffixes(suffixes)
+    root_resolved = folder.resolve()
+    found: list[tuple[tuple, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        if recursive:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        else:
+            dirnames.clear()
+        base = Path(dirpath)
+        for name in filenames:
+            if not is_frame_name(name, suffixes):
+                continue
+            path = base / name
+            if not path.is_file():
+                continue
+            if not follow_symlinks and path.is_symlink() and _outside_root(path, root_resolved):
+                continue
+            found.append((natural_key(path.relative_to(folder)), path))
+    found.sort(key=lambda kp: kp[0])
+    return [p for _, p in found]
+
+
+# ---------------------------------------------------------------------- callbacks
+
+
+def _call_on_frame(on_frame: OnFrame, path: Path, on_error: OnError | None) -> None:
+    try:
+        on_frame(path)
+    except Exception as exc:
+        if on_error is None:
+            log.exception("frame callback failed for %s", path)
+            return
+        try:
+            on_error(path, exc)
+        except Exception:
+            log.exception("on_error callback failed for %s", path)
+
+
+def _call_on_ignored(on_ignored: OnIgnored | None, path: Path, reason: str) -> None:
+    if on_ignored is None:
+        return
+    try:
+        on_ignored(path, reason)
+    except Exception:
+        log.exception("on_ignored callback failed for %s (%s)", path, reason)
+
+
+# ------------------------------------------------------------------ stability
+
+
+Signature = tuple[int, int, int]  # (size, mtime_ns, inode)
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@dataclass(slots=True)
+class _Pending:
+    first_seen: float
+    sig: Signature | None = None
+    sig_since: float = 0.0
+    count: int = 0
+    error: str = ""
+
+
+class StabilityTracker:
+    """Decide when files seen by a polling observer have stopped changing.
+
+    Pure logic: no threads of its own, an injectable clock (``now``) and
+    ``stat``. Thread-safe (one internal lock), so events may be noted on one
+    thread and :meth:`poll` called on another.
+
+    A noted file is *stable* once its (size, mtime_ns, inode) has been the same
+    for at least ``settle_s`` seconds over at least two consecutive
+    observations, and its size is > 0. A pending file that is not stable
+    ``timeout_s`` after it was first noted, or that disappears, is dropped and
+    returned with a reason. A reported file is not reported again unless it is
+    noted again and its signature has changed (a new version).
+    """
+
+    def __init__(
+        self,
+        *,
+        settle_s: float = 1.0,
+        timeout_s: float = 30.0,
+        now: Callable[[], float] = time.monotonic,
+        stat: Callable[[Path], os.stat_result] = os.stat,
+        max_remembered: int = _MAX_REMEMBERED,
+    ) -> None:
+        if settle_s < 0:
+            raise ValueError(f"settle_s must be >= 0, got {settle_s!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.settle_s = settle_s
+        self.timeout_s = timeout_s
+        self._now = now
+        self._stat = stat
+        self._max_remembered = max_remembered
+        self._lock = threading.Lock()
+        self._pending: dict[Path, _Pending] = {}
+        self._reported: OrderedDict[Path, Signature] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Number of files still waiting to become stable."""
+        with self._lock:
+            return len(self._pending)
+
+    def note(self, path: Path) -> None:
+        """Record that ``path`` was created, modified or seen; observes it now."""
+        path = Path(path)
+        with self._lock:
+            now = self._now()
+            entry = self._pending.get(path)
+            if entry is None:
+                entry = self._pending[path] = _Pending(first_seen=now)
+            self._observe(path, entry, now)  # a vanished file is found by poll()
+
+    def forget(self, path: Path) -> None:
+        """Stop tracking ``path`` silently (pending and reported state)."""
+        path = Path(path)
+        with self._lock:
+            self._pending.pop(path, None)
+            self._reported.pop(path, None)
+
+    def poll(self) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """Observe all pending files; return ``(stable, dropped_with_reason)``."""
+        stable: list[Path] = []
+        dropped: list[tuple[Path, str]] = []
+        with self._lock:
+            now = self._now()
+            for path, entry in list(self._pending.items()):
+                outcome = self._observe(path, entry, now)
+                if outcome is not None:
+                    del self._pending[path]
+                    self._reported.pop(path, None)
+                    dropped.append((path, outcome))
+                    continue
+                sig = entry.sig
+                if (
+                    sig is not None
+                    and sig[0] > 0
+                    and entry.count >= 2
+                    and now - entry.sig_since >= self.settle_s
+                ):
+                    del self._pending[path]
+                    if self._reported.get(path) != sig:
+                        stable.append(path)
+                    self._remember(path, sig)
+                elif now - entry.first_seen >= self.timeout_s:
+                    del self._pending[path]
+                    if sig is None:
+                        reason = f"{REASON_TIMEOUT_UNREADABLE} ({entry.error})"
+                    elif sig[0] == 0:
+                        reason = REASON_TIMEOUT_EMPTY
+                    else:
+                        reason = REASON_TIMEOUT_CHANGING
+                    dropped.append((path, reason))
+        return stable, dropped
+
+    def _observe(self, path: Path, entry: _Pending, now: float) -> str | None:
+        """Stat ``path`` into ``entry``; return a drop reason or None."""
+        try:
+            st = self._stat(path)
+        except FileNotFoundError:
+            return REASON_VANISHED
+        except OSError as exc:  # e.g. a share that is briefly unreachable
+            entry.error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return REASON_NOT_REGULAR
+        sig = _signature(st)
+        if sig == entry.sig:
+            entry.count += 1
+        else:
+            entry.sig, entry.sig_since, entry.count = sig, now, 1
+        return None
+
+    def _remember(self, path: Path, sig: Signature) -> None:
+        self._reported[path] = sig
+        self._reported.move_to_end(path)
+        while len(self._reported) > self._max_remembered:
+            self._reported.popitem(last=False)
+
+
+# -------------------------------------------------------------------- handler
+
+
+class FrameEventHandler(FileSystemEventHandler):
+    """watchdog handler that calls ``on_frame(path)`` once per complete frame.
+
+    Without ``tracker`` (inotify): ``closed`` and ``moved`` (destination) report
+    the frame at once. With ``tracker`` (polling): ``created``, ``modified``,
+    ``moved`` (destination) and ``closed`` note the file in the tracker and
+    :meth:`poll` reports it once it is stable.
+
+    Silently ignored: directory events, names rejected by :func:`is_frame_name`,
+    files inside hidden sub-directories of ``root``, an unchanged file closed
+    again. Reported to ``on_ignored(path, reason)``: a symlink resolving outside
+    ``root`` (unless ``follow_symlinks``), an empty or vanished file at close
+    time, a non-regular file, tracker drops (vanished, timeouts).
+
+    Unit-testable without an observer: ``handler.dispatch(FileClosedEvent(p))``.
+    """
+
+    def __init__(
+        self,
+        on_frame: OnFrame,
+        *,
+        root: Path,
+        suffixes: Collection[str] = FRAME_SUFFIXES,
+        follow_symlinks: bool = False,
+        on_ignored: OnIgnored | None = None,
+        on_error: OnError | None = None,
+        tracker: StabilityTracker | None = None,
+    ) -> None:
+        super().__init__()
+        self.on_frame = on_frame
+        self.on_ignored = on_ignored
+        self.on_error = on_error
+        self.root = Path(os.path.abspath(root))
+        self.suffixes = _normalize_suffixes(suffixes)
+        self.follow_symlinks = follow_symlinks
+        self.tracker = tracker
+        self._root_resolved = self.root.resolve()
+        self._reported: OrderedDict[Path, Signature] = OrderedDict()
+
+    # -- watchdog entry points -------------------------------------------------
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        # Never let anything escape into (and kill) the observer thread.
+        try:
+            super().dispatch(event)
+        except Exception:
+            log.exception("error handling %r", event)
+
+    def on_closed(self, event: FileClosedEvent) -> None:
+        self._candidate(event.src_path, event.is_directory)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if event.dest_path:  # "" for a file moved out of the watch (full events)
+            self._candidate(event.dest_path, event.is_directory)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if self.tracker is not None:
+            self._candidate(event.src_path, event.is_directory)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if self.tracker is not None:
+            self._candidate(event.src_path, event.is_directory)
+
+    # -- polling mode ----------------------------------------------------------
+
+    def poll(self) -> None:
+        """Polling mode: report files the tracker found stable or dropped."""
+        if self.tracker is None:
+            return
+        stable, dropped = self.tracker.poll()
+        for path in stable:
+            _call_on_frame(self.on_frame, path, self.on_error)
+        for path, reason in dropped:
+            _call_on_ignored(self.on_ignored, path, reason)
+
+    # -- internals -------------------------------------------------------------
+
+    def _candidate(self, raw_path: bytes | str, is_directory: bool) -> None:
+        if is_directory:
+            return
+        path = Path(os.fsdecode(raw_path))
+        if not is_frame_name(path, self.suffixes) or _in_hidden_dir(path, self.root):
+            return
+        # resolve() covers a symlinked file and a symlinked sub-directory alike.
+        if not self.follow_symlinks and _outside_root(path, self._root_resolved):
+            _call_on_ignored(self.on_ignored, path, REASON_SYMLINK_OUTSIDE)
+            return
+        if self.tracker is not None:
+            self.tracker.note(path)
+            return
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            _call_on_ignored(self.on_ignored, path, REASON_VANISHED)
+            return
+        if not stat_mod.S_ISREG(st.st_mode):
+            _call_on_ignored(self.on_ignored, path, REASON_NOT_REGULAR)
+            return
+        if st.st_size == 0:
+            _call_on_ignored(self.on_ignored, path, REASON_EMPTY)
+            return
+        sig = _signature(st)
+        if self._reported.get(path) == sig:  # closed again without a change
+            return
+        self._reported[path] = sig
+        self._reported.move_to_end(path)
+        if len(self._reported) > _MAX_REMEMBERED:
+            self._reported.popitem(last=False)
+        _call_on_frame(self.on_frame, path, self.on_error)
+
+
+# -------------------------------------------------------------------- watcher
+
+
+class FolderWatcher:
+    """Watch ``folder`` and call ``on_frame(path)`` once per complete frame.
+
+    Uses ``watchdog.observers.Observer`` (inotify) normally, or
+    ``PollingObserver(timeout=poll_interval_s)`` plus a
+    :class:`StabilityTracker` polled every ``settle_s / 2`` when ``polling``.
+    ``start()``/``stop()`` or use as a context manager. Files already present
+    at start are not reported: use :func:`list_existing_frames` for those
+    (start the watcher first, then list, and de-duplicate).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        on_frame: OnFrame,
+        *,
+        recursive: bool = False,
+        polling: bool = False,
+        poll_interval_s: float = 0.5,
+        settle_s: float = 1.0,
+        timeout_s: float = 30.0,
+        suffixes: Collection[str] = FRAME_SUFFIXES,
+        follow_symlinks: bool = False,
+        on_ignored: OnIgnored | None = None,
+        on_error: OnError | None = None,
+    ) -> None:
+        if poll_interval_s <= 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
+        if settle_s <= 0:
+            raise ValueError(f"settle_s must be > 0, got {settle_s!r}")
+        if timeout_s <= settle_s:
+            raise ValueError(f"timeout_s must be > settle_s, got {timeout_s!r} <= {settle_s!r}")
+        self.folder = Path(os.path.abspath(folder))
+        self.on_frame = on_frame
+        self.recursive = recursive
+        self.polling = polling
+        self.poll_interval_s = poll_interval_s
+        self.settle_s = settle_s
+        self.timeout_s = timeout_s
+        self.suffixes = _normalize_suffixes(suffixes)
+        self.follow_symlinks = follow_symlinks
+        self.on_ignored = on_ignored
+        self.on_error = on_error
+        self.handler: FrameEventHandler | None = None
+        self._observer: BaseObserver | None = None
+        self._poller: threading.Thread | None = None
+        self._stop_poller = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def uses_stability_tracker(self) -> bool:
+        """True when completeness is decided by size/mtime stability, not close events."""
+        return self.polling or not _NATIVE_EMITS_CLOSE
+
+    def start(self) -> None:
+        """Start watching. Raises FileNotFoundError / NotADirectoryError for a bad folder."""
+        with self._lock:
+            if self._observer is not None:
+                raise RuntimeError(f"watcher for {self.folder} is already running")
+            if not self.folder.exists():
+                raise FileNotFoundError(
+                    errno.ENOENT, "capture folder does not exist", str(self.folder)
+                )
+            if not self.folder.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "capture folder is not a directory", str(self.folder)
+                )
+            tracker = None
+            if self.uses_stability_tracker:
+                tracker = StabilityTracker(settle_s=self.settle_s, timeout_s=self.timeout_s)
+            handler = FrameEventHandler(
+                self.on_frame,
+                root=self.folder,
+                suffixes=self.suffixes,
+                follow_symlinks=self.follow_symlinks,
+                on_ignored=self.on_ignored,
+                on_error=self.on_error,
+                tracker=tracker,
+            )
+            observer: BaseObserver
+            if self.polling:
+                observer = PollingObserver(timeout=self.poll_interval_s)
+                event_filter: list[type[FileSystemEvent]] = [
+                    FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+                ]
+            elif _NATIVE_EMITS_CLOSE:
+                # generate_full_events: a file moved in from outside the watch
+                # becomes FileMovedEvent("", dest) instead of a FileCreatedEvent
+                # that is indistinguishable from "opened for writing".
+                observer = InotifyObserver(generate_full_events=True)
+                event_filter = [FileClosedEvent, FileMovedEvent]
+            else:  # pragma: no cover - non-Linux native observers
+                observer = Observer()
+                event_filter = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]
+            try:
+                observer.schedule(
+                    handler,
+                    str(self.folder),
+                    recursive=self.recursive,
+                    event_filter=event_filter,
+                    follow_symlink=self.follow_symlinks,
+                )
+                observer.start()
+            except BaseException:
+                _shutdown_observer(observer, timeout=5.0)
+                raise
+            self.handler = handler
+            self._observer = observer
+            if tracker is not None:
+                self._stop_poller.clear()
+                self._poller = threading.Thread(
+                    target=self._poll_loop,
+                    args=(handler, max(self.settle_s / 2, 0.01)),
+                    name=f"luckystack-stability-{self.folder.name}",
+                    daemon=True,
+                )
+                self._poller.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop and join the threads. Idempotent; safe before start and in ``finally``."""
+        with self._lock:
+            observer, self._observer = self._observer, None
+            poller, self._poller = self._poller, None
+        self._stop_poller.set()
+        if observer is not None:
+            _shutdown_observer(observer, timeout=timeout)
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout)
+            if poller.is_alive():
+                log.warning("stability poller for %s did not stop in time", self.folder)
+
+    def alive(self) -> bool:
+        """True while the threads run and the folder still exists at its path.
+
+        False once the capture folder was removed or renamed (the emitter stops
+        on IN_DELETE_SELF, but the observer thread itself keeps running), or a
+        thread died.
+        """
+        observer, poller = self._observer, self._poller
+        if observer is None or not observer.is_alive():
+            return False
+        if self.uses_stability_tracker and (poller is None or not poller.is_alive()):
+            return False
+        try:
+            emitters = list(observer.emitters)
+        except RuntimeError:  # set changed size during iteration
+            emitters = []
+        if any(not e.is_alive() for e in emitters):
+            return False
+        return self.folder.is_dir()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        mode = "polling" if self.polling else "native"
+        return f"<FolderWatcher {str(self.folder)!r} {mode} alive={self.alive()}>"
+
+    def _poll_loop(self, handler: FrameEventHandler, interval: float) -> None:
+        while not self._stop_poller.wait(interval):
+            try:
+                handler.poll()
+            except Exception:
+                log.exception("stability poll failed for %s", self.folder)
+
+
+def _shutdown_observer(observer: BaseObserver, *, timeout: float | None) -> None:
+    try:
+        observer.stop()
+    except Exception:
+        log.exception("error stopping the folder observer")
+    if observer is threading.current_thread() or not observer.ident:
+        return  # stop() called from a callback, or the thread never started
+    observer.join(timeout)
+    if observer.is_alive():
+        log.warning("folder observer did not stop within %s s", timeout)

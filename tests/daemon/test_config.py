@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from luckystack.daemon.cli import main
+from luckystack.daemon.config import ConfigError, Settings, load_settings, pipeline_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_loads_and_equals_the_defaults():
+    example = load_settings(REPO / "config.example.toml")
+    assert example.model_dump() == Settings().model_dump()
+
+
+def test_env_overrides_toml(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('preset = "default"\n[stack]\nbuffer_size = 80\n')
+    monkeypatch.setenv("LUCKYSTACK_STACK__BUFFER_SIZE", "200")
+    monkeypatch.setenv("LUCKYSTACK_PRESET", "seed")
+    s = load_settings(cfg)
+    assert s.stack.buffer_size == 200
+    assert s.preset == "seed"
+
+
+def test_init_overrides_env(monkeypatch):
+    monkeypatch.setenv("LUCKYSTACK_PRESET", "seed")
+    assert load_settings(preset="default").preset == "default"
+
+
+def test_every_problem_reported_with_location(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        'preset = "fancy"\n[stack]\nbufer_size = 3\nbuffer_size = 0\n[watch]\nexisting = "some"\n[nosuch]\nx = 1\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    problems = exc.value.problems
+    text = "\n".join(problems)
+    assert "preset:" in text
+    assert "[stack] bufer_size: unknown key" in text
+    assert "[stack] buffer_size:" in text
+    assert "[watch] existing:" in text
+    assert "nosuch:" in text
+    assert len(problems) == 5
+
+
+def test_missing_file_and_bad_toml_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[stack\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+
+
+def test_keep_cannot_exceed_buffer(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[stack]\nbuffer_size = 10\nkeep = 20\n")
+    with pytest.raises(ConfigError, match="exceeds buffer_size"):
+        load_settings(cfg)
+
+
+def test_seed_preset_maps_to_origin_pipeline():
+    p = pipeline_params(load_settings(preset="seed"))
+    assert p.method == "seed" and p.register is False and p.buffer_size == 20
+    d = pipeline_params(load_settings(preset="default"))
+    assert d.method == "default"
+
+
+def test_check_config_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[stack]\nbuffer_size = -1\n[sharpen]\nmethod = 'x'\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "[stack] buffer_size" in err and "[sharpen] method" in err
+    assert main(["check-config", str(REPO / "config.example.toml")]) == 0
+    assert '"buffer_size": 20' in capsys.readouterr().out
