@@ -27,10 +27,10 @@ import numpy as np
 from luckystack.core.crop import (
     CropBox,
     box_around,
-    disc_centroid,
     expand_box,
     extract_box,
     extract_shifted,
+    find_disc,
     locate_planet,
 )
 from luckystack.core.errors import FrameError, RegistrationError
@@ -272,17 +272,17 @@ class LiveStacker:
         p = self.params
         self._check_channels(frame)
         lum = luminance(frame.data)
-        loc = locate_planet(lum, margin=p.crop_margin, min_contrast=p.min_contrast)
-        if loc.touches_edge:
+        found = find_disc(lum)
+        if found.touches_edge:
             raise FrameError("planet clipped by the frame edge")
-        disc_lum = extract_box(lum, loc.box)
+        disc_box = found.disc
+        disc_lum = extract_box(lum, disc_box)
         saturated = float((disc_lum >= p.saturation_level).mean())
         if saturated > p.max_saturated_fraction:
-            raise FrameError(f"saturated: {saturated:.1%} of the crop at white")
-        cy, cx = disc_centroid(disc_lum)
-        center = (cy + loc.box.y0, cx + loc.box.x0)
-        size = (loc.disc.height, loc.disc.width)
-        base = dict(disc=loc.disc, center_yx=center)
+            raise FrameError(f"saturated: {saturated:.1%} of the disc at white")
+        center = found.center_yx
+        size = (disc_box.height, disc_box.width)
+        base = dict(disc=disc_box, center_yx=center)
         if self._sizes:
             ref_h = float(np.median([s[0] for s in self._sizes]))
             ref_w = float(np.median([s[1] for s in self._sizes]))
@@ -295,7 +295,7 @@ class LiveStacker:
                     **base,
                 )
         if self.crop_size_hw is None:
-            self.crop_size_hw = expand_box(loc.disc, p.crop_margin, multiple=8)
+            self.crop_size_hw = expand_box(disc_box, p.crop_margin, multiple=8)
         box = box_around(center, self.crop_size_hw)
         crop_lum = extract_box(lum, box)
         score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)

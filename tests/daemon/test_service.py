@@ -1,0 +1,235 @@
+"""The watch daemon with a real inotify observer on temporary folders."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from luckystack.daemon.cli import run_batch
+from luckystack.daemon.config import load_settings
+from luckystack.daemon.service import Daemon
+
+
+def _rows(path):
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _wait_for(cond, timeout=60.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+class Running:
+    """A Daemon on a background thread (signals are the main thread's job)."""
+
+    def __init__(self, inp, out, settings=None, **kw):
+        self.daemon = Daemon(inp, out, settings or load_settings(), idle_tick_s=0.05, **kw)
+        self.code = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        self.code = self.daemon.run()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.daemon.ready.wait(30), "daemon did not become ready"
+        return self.daemon
+
+    def __exit__(self, *exc):
+        self.daemon.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def _png_bytes(frame):
+    ok, buf = cv2.imencode(".png", frame)
+    assert ok
+    return buf.tobytes()
+
+
+def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames]
+
+    def writer(indices):
+        for i in indices:
+            data = payloads[i]
+            with open(inp / f"frame_{i + 1}.png", "wb") as fh:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                time.sleep(0.1)  # half-written for ~100 ms
+                fh.write(data[len(data) // 2 :])
+
+    with Running(inp, out) as d:
+        threads = [threading.Thread(target=writer, args=(range(k, 60, 6),)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
+        assert _wait_for(lambda: not d.session.dirty)
+    rows = _rows(out / "crops.csv")
+    assert len(rows) == 60
+    assert len({r["file"] for r in rows}) == 60
+    # Never half: every frame read complete, so nothing was rejected as truncated.
+    assert [r for r in rows if r["outcome"] != "accepted"] == []
+    for name in ("stacked.png", "sharpened.png", "comparison.png"):
+        assert (out / name).is_file()
+
+
+def test_burst_of_500_all_in_order_bounded_queue_and_equal_to_run(tmp_path, small_session):
+    frames = [small_session.frames[i % 60] for i in range(500)]
+    payloads = [_png_bytes(f) for f in frames]
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    settings = load_settings()
+    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"queue_size": 32})})
+    max_seen = 0
+    with Running(inp, out, settings) as d:
+        for i, data in enumerate(payloads, start=1):
+            tmp = inp / f".frame_{i}.png.part"
+            tmp.write_bytes(data)
+            os.replace(tmp, inp / f"frame_{i}.png")
+            max_seen = max(max_seen, d.queue.qsize())
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 500, timeout=120)
+        assert _wait_for(lambda: not d.session.dirty)
+        coalesced = d.coalesced
+    rows = _rows(out / "crops.csv")
+    assert [r["file"] for r in rows] == [f"frame_{i}.png" for i in range(1, 501)]
+    assert max_seen <= 32  # the queue is bounded: memory stays bounded
+    assert coalesced > 0
+    batch = run_batch(inp, tmp_path / "batch", load_settings())
+    assert batch.stats.processed == 500
+    for name in ("stacked.png", "sharpened.png"):
+        assert (out / name).read_bytes() == (tmp_path / "batch" / name).read_bytes()
+
+
+def test_stop_and_restart_no_duplicates_and_stack_carries_on(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames]
+    with Running(inp, out):
+        for i in range(30):
+            (inp / f"frame_{i + 1}.png").write_bytes(payloads[i])
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 30)
+    # While stopped, more frames arrive; they are picked up at restart.
+    for i in range(30, 40):
+        (inp / f"frame_{i + 1}.png").write_bytes(payloads[i])
+    with Running(inp, out) as d:
+        assert d.session.stats.resumed == 20
+        for i in range(40, 60):
+            (inp / f"frame_{i + 1}.png").write_bytes(payloads[i])
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
+        assert _wait_for(lambda: not d.session.dirty)
+    rows = _rows(out / "crops.csv")
+    assert len(rows) == 60
+    assert sorted(r["file"] for r in rows) == sorted(f"frame_{i}.png" for i in range(1, 61))
+    assert [int(r["index"]) for r in rows] == list(range(60))
+    batch = run_batch(inp, tmp_path / "batch", load_settings())
+    a = cv2.imread(str(out / "stacked.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    b = cv2.imread(str(tmp_path / "batch" / "stacked.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    assert batch.stats.processed == 60
+    assert np.abs(a - b).max() <= 1
+
+
+def test_watch_and_run_give_identical_images(tmp_path, capture_copy):
+    out = tmp_path / "watch_out"
+    with Running(capture_copy, out) as d:  # existing = "all": the whole folder
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
+        assert _wait_for(lambda: not d.session.dirty)
+    run_batch(capture_copy, tmp_path / "run_out", load_settings())
+    for name in ("stacked.png", "sharpened.png", "comparison.png"):
+        assert (out / name).read_bytes() == (tmp_path / "run_out" / name).read_bytes()
+
+
+def test_existing_none_ignores_frames_present_at_start(tmp_path, capture_copy):
+    settings = load_settings()
+    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"existing": "none"})})
+    out = tmp_path / "out"
+    with Running(capture_copy, out, settings):
+        (capture_copy / "frame_61.png").write_bytes((capture_copy / "frame_1.png").read_bytes())
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 1)
+        time.sleep(0.3)
+    assert [r["file"] for r in _rows(out / "crops.csv")] == ["frame_61.png"]
+
+
+def _spawn(args, env=None):
+    exe = Path(sys.executable).with_name("luckystack")
+    return subprocess.Popen(
+        [str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_signals_sighup_bad_config_kept_then_sigterm_exits_zero(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[stack]\nbuffer_size = 10\n")
+    proc = _spawn(["watch", str(inp), "--output", str(out), "--config", str(cfg)])
+    try:
+        assert _wait_for(lambda: (out / "crops.csv").exists(), timeout=30)
+        time.sleep(0.5)
+        (inp / "frame_1.png").write_bytes(_png_bytes(small_session.frames[0]))
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 1)
+        cfg.write_text("[stack]\nbuffer_size = 0\nbogus = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "daemon died on a bad reload"
+        (inp / "frame_2.png").write_bytes(_png_bytes(small_session.frames[1]))
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert code == 0
+    assert "[stack] buffer_size" in err and "[stack] bogus" in err
+    assert "keeping the previous configuration" in err
+    assert "stopped: 2 frames processed" in err
+
+
+def test_sd_notify_ready_status_stopping(tmp_path, small_session):
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    proc = _spawn(["watch", str(inp), "--output", str(tmp_path / "out")],
+                  env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "600000"})
+    messages = []
+    try:
+        while not any(b"READY=1" in m for m in messages):
+            messages.append(sock.recv(4096))
+        while not any(b"WATCHDOG=1" in m for m in messages):
+            messages.append(sock.recv(4096))
+        proc.send_signal(signal.SIGTERM)
+        while not any(b"STOPPING=1" in m for m in messages):
+            messages.append(sock.recv(4096))
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    ready = next(m for m in messages if b"READY=1" in m)
+    assert b"STATUS=0 frames" in ready
