@@ -98,6 +98,20 @@ def _sobel_profiles(lum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(gy).sum(axis=1, dtype=np.float64), np.abs(gx).sum(axis=0, dtype=np.float64)
 
 
+def _outermost_peak(side: np.ndarray) -> int:
+    """Index of the outermost local maximum above half the maximum of ``side``.
+
+    ``side`` runs from the disc's centre (index 0) outwards; the result
+    counts from index 0.
+    """
+    top = float(side.max())
+    above = np.flatnonzero(side > 0.5 * top)
+    i = int(above[-1])
+    while i > 0 and side[i - 1] >= side[i]:
+        i -= 1
+    return i
+
+
 def _half_max_edges(profile: np.ndarray) -> tuple[int, int, float]:
     """Edges of the disc along one axis from a gradient profile.
 
@@ -115,9 +129,12 @@ def _half_max_edges(profile: np.ndarray) -> tuple[int, int, float]:
         raise FrameError("no planet found: the frame has no gradient structure")
     split = int(round(float((np.arange(n) * total).sum() / total.sum())))
     split = min(max(split, 1), n - 1)
-    left, right = p[:split], p[split:]
-    i_left = int(np.argmax(left))
-    i_right = split + int(np.argmax(right))
+    # The limb is the outermost strong feature on each side: belts inside the
+    # disc can have stronger gradients, so the peak is the first local maximum
+    # above half of the side's maximum, searching from the outside in.
+    i_left = _outermost_peak(p[:split][::-1])
+    i_left = split - 1 - i_left
+    i_right = split + _outermost_peak(p[split:])
     peak_left, peak_right = float(p[i_left]), float(p[i_right])
     lo = i_left
     while lo > 0 and p[lo - 1] > peak_left / 2.0:
@@ -127,6 +144,15 @@ def _half_max_edges(profile: np.ndarray) -> tuple[int, int, float]:
         hi += 1
     contrast = min(peak_left, peak_right) / noise
     return lo, hi + 1, contrast
+
+
+def _bright_border(lum: np.ndarray) -> bool:
+    """True when the frame's border holds disc-bright pixels (a clipped planet)."""
+    lo = float(np.percentile(lum, 10))
+    hi = float(np.percentile(lum, 99.9))
+    level = lo + 0.5 * (hi - lo)
+    border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
+    return bool((border > level).sum() >= 3)
 
 
 def locate_planet(
@@ -183,7 +209,7 @@ def locate_planet(
     my = int(round(margin * disc.height))
     mx = int(round(margin * disc.width))
     box = CropBox(y0 - my, x0 - mx, y1 + my, x1 + mx).clipped((h, w))
-    touches = y0 <= 0 or x0 <= 0 or y1 >= h or x1 >= w
+    touches = y0 <= 0 or x0 <= 0 or y1 >= h or x1 >= w or _bright_border(lum)
     return PlanetLocation(disc=disc, box=box, touches_edge=touches, contrast=contrast)
 
 
@@ -236,6 +262,19 @@ class DiscMeasurement:
     snr: float
 
 
+def _background_noise(lum: np.ndarray) -> float:
+    """Noise of the darker half of the frame (the sky).
+
+    The larger of the MAD estimate and the standard deviation of the darker
+    half: with 8-bit data the sky often sits on one or two levels, where the
+    MAD is zero although the noise is not.
+    """
+    med = float(np.median(lum))
+    sky = lum[lum <= med]
+    mad = 1.4826 * float(np.median(np.abs(sky - np.median(sky))))
+    return max(mad, float(sky.std()), 1e-5)
+
+
 def find_disc(
     lum: np.ndarray, *, min_area_px: int = 30, min_snr: float = 5.0, edge_level: float = 0.2
 ) -> DiscMeasurement:
@@ -261,6 +300,12 @@ def find_disc(
     hi = float(np.percentile(lum, 99.9))
     if hi - lo <= 1e-6:
         raise FrameError("blank frame: no disc above the background")
+    noise = _background_noise(lum)
+    if (hi - lo) / noise < 2 * min_snr:
+        raise FrameError(
+            f"no planet found: brightest pixels only {(hi - lo) / noise:.1f} sigma above "
+            "the background (blank or black frame)"
+        )
     thr = 0.5 * (lo + hi)
     # The extent uses a lower threshold than the centre: limb darkening and
     # seeing put the half level well inside the limb.
@@ -274,8 +319,6 @@ def find_disc(
         raise FrameError(f"no planet found: largest bright region is {area} px")
     x0, y0 = int(stats[best, cv2.CC_STAT_LEFT]), int(stats[best, cv2.CC_STAT_TOP])
     w, h = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
-    sky = lum[lum <= lo] if np.any(lum <= lo) else lum
-    noise = float(1.4826 * np.median(np.abs(sky - np.median(sky)))) + 1e-6
     region = labels[y0 : y0 + h, x0 : x0 + w] == best
     patch = lum[y0 : y0 + h, x0 : x0 + w]
     snr = (float(patch[region].mean()) - lo) / noise

@@ -77,7 +77,7 @@ class PipelineParams:
     combine: Combine = "mean"
     weighting: Weighting = "none"
     quality_blur_px: float = 1.0
-    min_quality_ratio: float = 0.0
+    min_quality_ratio: float = 0.35
     quality_history: int = 50
     max_size_change: float = 0.2
     saturation_level: float = 0.995
@@ -85,6 +85,8 @@ class PipelineParams:
     register: bool = True
     min_peak: float = 0.3
     sharpen: SharpenParams = field(default_factory=SharpenParams)
+    #: Buffers larger than this many bytes as float32 are kept as uint16.
+    float_buffer_limit_bytes: int = 256 * 1024 * 1024
 
     def keep_count(self) -> int:
         """How many of the buffered frames are stacked."""
@@ -246,6 +248,9 @@ class LiveStacker:
                 keep=p.keep_count(),
                 combine=p.combine,
                 weighting=p.weighting,
+                storage="float32"
+                if p.buffer_size * crop.size * 4 <= p.float_buffer_limit_bytes
+                else "uint16",
             )
         self._stack.push(crop, score)
         if self._first_crop is None:

@@ -81,7 +81,7 @@ class QualitySettings(_Section):
     """``[quality]``: frame scoring and rejection."""
 
     blur_px: float = Field(1.0, ge=0, le=10)
-    min_ratio: float = Field(0.0, ge=0, le=1)
+    min_ratio: float = Field(0.35, ge=0, le=1)
     history: int = Field(50, ge=5)
     max_size_change: float = Field(0.2, gt=0)
     max_saturated_fraction: float = Field(0.01, ge=0, le=1)

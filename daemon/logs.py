@@ -56,7 +56,7 @@ def configure_logging(
     json_file: Path | None = None,
     rotation: str = "10 MB",
     retention: int | str = 5,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> None:
     """Replace all loguru sinks with the luckystack ones.
 
@@ -71,7 +71,8 @@ def configure_logging(
     rotation, retention
         Passed to :meth:`loguru.Logger.add` for the JSON file.
     stream : text stream
-        Where the human-readable sink writes; stderr (journald) by default.
+        Where the human-readable sink writes; ``sys.stderr`` at call time
+        (journald under systemd) by default.
 
     Raises
     ------
@@ -89,7 +90,7 @@ def configure_logging(
 
     logger.remove()
     logger.add(
-        stream,
+        stream if stream is not None else sys.stderr,
         level=level_name,
         format=_format_stderr,
         backtrace=False,

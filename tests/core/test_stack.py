@@ -112,3 +112,15 @@ def test_resizing_stack_keeps_last_n():
         st.push(np.full((4, 4), v, np.float32))
     np.testing.assert_allclose(st.result(), 0.75)
     assert len(st) == 2
+
+
+def test_uint16_storage_matches_float_within_quantisation():
+    frames = _frames(30, (5, 6, 3))
+    a = RollingStack(10, frames[0].shape, keep=4)
+    b = RollingStack(10, frames[0].shape, keep=4, storage="uint16")
+    scores = np.random.default_rng(3).random(30)
+    for f, s in zip(frames, scores):
+        a.push(f, float(s))
+        b.push(f, float(s))
+    assert b.nbytes < a.nbytes
+    np.testing.assert_allclose(a.result(), b.result(), atol=1 / 65535)

@@ -119,3 +119,19 @@ def test_jupiter_run_reduces_background_noise(jupiter_dir, tmp_path):
     noise_frame = pixel_noise(crop)[sky].std()
     # 20 frames averaged: ideally sqrt(20) = 4.5x less noise; measured ~4.7x.
     assert noise_stack < noise_frame / 3
+
+
+def test_demo_command_writes_a_session_and_stacks_it(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--frames", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs in" in out
+    rows = _rows(tmp_path / "demo" / "output" / "crops.csv")
+    assert len(rows) == 30
+    rejected = [r for r in rows if r["outcome"] == "rejected"]
+    assert len(rejected) == 1 and "no planet" in rejected[0]["reason"]  # the simulated black frame
+    assert (tmp_path / "demo" / "output" / "sharpened.png").is_file()
+
+
+def test_run_on_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope")]) == 1
+    assert "input folder not found" in capsys.readouterr().err
