@@ -87,8 +87,11 @@ def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session)
     rows = _rows(out / "crops.csv")
     assert len(rows) == 60
     assert len({r["file"] for r in rows}) == 60
-    # Never half: every frame read complete, so nothing was rejected as truncated.
-    assert [r for r in rows if r["outcome"] != "accepted"] == []
+    # Never half: every frame was read complete, so none was rejected as
+    # unreadable (a seeing-blurred frame may still be rejected for quality).
+    rejected = [r for r in rows if r["outcome"] != "accepted"]
+    assert all(r["reason"].startswith("low quality") for r in rejected), rejected
+    assert len(rejected) <= 3
     for name in ("stacked.png", "sharpened.png", "comparison.png"):
         assert (out / name).is_file()
 
