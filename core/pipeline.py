@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from luckystack.core.crop import (
     CropBox,
@@ -114,6 +115,14 @@ class FrameOutcome:
     sharpness: float | None = None
     shift_yx: tuple[float, float] | None = None
     stacked: int = 0
+
+
+def _fast_even(n: int) -> int:
+    """The smallest even size >= n whose FFT is fast (factors 2, 3, 5)."""
+    m = sp_fft.next_fast_len(n, real=False)
+    while m % 2:
+        m = sp_fft.next_fast_len(m + 1, real=False)
+    return m
 
 
 def apply_sharpening(image: np.ndarray, params: SharpenParams) -> np.ndarray:
@@ -300,7 +309,9 @@ class LiveStacker:
                     **base,
                 )
         if self.crop_size_hw is None:
-            self.crop_size_hw = expand_box(disc_box, p.crop_margin, multiple=8)
+            h, w = expand_box(disc_box, p.crop_margin, multiple=2)
+            # Sizes with small prime factors keep the registration FFTs fast.
+            self.crop_size_hw = (_fast_even(h), _fast_even(w))
         box = box_around(center, self.crop_size_hw)
         crop_lum = extract_box(lum, box)
         score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
