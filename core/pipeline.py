@@ -78,7 +78,7 @@ class PipelineParams:
     combine: Combine = "mean"
     weighting: Weighting = "none"
     quality_blur_px: float = 1.0
-    min_quality_ratio: float = 0.35
+    min_quality_ratio: float = 0.25
     quality_history: int = 50
     max_size_change: float = 0.2
     saturation_level: float = 0.995
