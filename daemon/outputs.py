@@ -15,8 +15,6 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
-
 import cv2
 import numpy as np
 
@@ -118,13 +116,14 @@ class CropLog:
     """The append-only crop CSV.
 
     Opening an existing log checks its header, cuts off a torn last line
-    (left by a kill mid-write) and reads the records, which tell a restarted
-    daemon which frames were already processed.
+    (left by a kill mid-write) and returns the records, which tell a
+    restarted daemon which frames were already processed. Appended records
+    are not kept in memory: a night of frames must not grow the process.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.records: list[CropRecord] = []
+        self.rows_written = 0
         self._fh: io.TextIOWrapper | None = None
         self._writer: csv.writer | None = None  # type: ignore[valid-type]
 
@@ -140,7 +139,7 @@ class CropLog:
                         f"{self.path} has columns {reader.fieldnames}, expected {header}; "
                         "move it away or choose another output folder"
                     )
-                self.records = [CropRecord.from_row(r) for r in reader]
+                records = [CropRecord.from_row(r) for r in reader]
             self._fh = self.path.open("a", newline="", encoding="utf-8")
             self._writer = csv.writer(self._fh)
         else:
@@ -148,7 +147,8 @@ class CropLog:
             self._writer = csv.writer(self._fh)
             self._writer.writerow(header)
             self._fh.flush()
-        return list(self.records)
+            records = []
+        return records
 
     def _repair_torn_tail(self) -> None:
         with self.path.open("rb+") as fh:
@@ -163,7 +163,7 @@ class CropLog:
             raise RuntimeError("CropLog is not open")
         self._writer.writerow(record.row())
         self._fh.flush()
-        self.records.append(record)
+        self.rows_written += 1
 
     def sync(self) -> None:
         if self._fh is not None:
@@ -176,6 +176,3 @@ class CropLog:
             self._fh.close()
             self._fh = None
             self._writer = None
-
-    def __iter__(self) -> Iterator[CropRecord]:
-        return iter(self.records)

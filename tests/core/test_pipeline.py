@@ -107,3 +107,12 @@ def test_half_out_of_frame_rejected_not_crashing():
     ls, outs = _run(s.frames)
     assert all(not o.accepted and "clipped" in o.reason for o in outs)
     assert ls.stacked() is None
+
+
+def test_long_buffer_switches_to_uint16_storage_with_same_result(session):
+    good = [f for f, k in zip(session.frames, session.kinds) if k == "good"][:25]
+    a, _ = _run(good, buffer_size=2000, keep=10)
+    b, _ = _run(good, buffer_size=2000, keep=10, float_buffer_limit_bytes=1)
+    assert a._stack.storage == "float32" and b._stack.storage == "uint16"
+    assert b._stack.nbytes < 0.6 * a._stack.nbytes
+    np.testing.assert_allclose(a.stacked(), b.stacked(), atol=2e-5)
