@@ -16,12 +16,14 @@ from pathlib import Path
 
 from loguru import logger
 
+from luckystack.core.errors import FrameError
 from luckystack.daemon.config import PRESETS, ConfigError, Settings, load_settings, pipeline_params
 from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.progress import ProgressBar
-from luckystack.daemon.session import OUTPUT_NAMES, Session, default_output_dir
+from luckystack.daemon.session import OUTPUT_NAMES, Session, default_output_dir, ser_output_dir
+from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_batch", "run_all", "frame_loader"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -42,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", choices=PRESETS, help="pipeline preset (overrides the config)")
         p.add_argument("--log-level", metavar="LEVEL", help="override [logging] level")
 
-    p_run = sub.add_parser("run", help="stack the frames already in a folder (batch rerun)")
-    p_run.add_argument("input", type=Path, metavar="INPUT", help="folder of frames")
+    p_run = sub.add_parser("run", help="stack the frames already in a folder or a SER video")
+    p_run.add_argument("input", type=Path, metavar="INPUT",
+                       help="folder of frames, or one file (a SER video, a FITS or image frame)")
     common(p_run)
 
     p_watch = sub.add_parser("watch", help="watch a capture folder and stack frames live")
@@ -89,19 +92,63 @@ def _output_dir(args: argparse.Namespace, settings: Settings, input_path: Path) 
     return default_output_dir(input_path)
 
 
-def run_batch(input_dir: Path, output_dir: Path, settings: Settings, *, stream=None) -> Session:
-    """Stack every frame already in ``input_dir``, in natural order."""
+def frame_loader(settings: Settings) -> FrameLoader:
+    """A :class:`FrameLoader` configured by ``[input]``."""
+    return FrameLoader(settings.input.bayer_pattern, settings.input.debayer_method)
+
+
+def run_all(input_path: Path, output_dir: Path, settings: Settings, *, stream=None) -> list[Session]:
+    """Stack everything already in ``input_path``; return the sessions.
+
+    A folder: its single-frame files in natural order into ``output_dir``
+    (skipped when the folder holds only SER videos), then each SER video into
+    its own ``output_dir/<stem>``. One file: into ``output_dir`` itself (a SER
+    video frame by frame). Frames already in a session's CSV are skipped.
+    """
     from luckystack.daemon.watcher import list_existing_frames
 
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder not found: {input_dir}")
-    frames = list_existing_frames(
-        input_dir, recursive=settings.watch.recursive, suffixes=settings.watch.suffixes
-    )
-    session = Session(
-        pipeline_params(settings), input_dir, output_dir,
-        write_comparison=settings.output.write_comparison,
-    )
+    input_path = Path(input_path)
+    loader = frame_loader(settings)
+    params = pipeline_params(settings)
+    wc = settings.output.write_comparison
+    sessions: list[Session] = []
+    try:
+        if input_path.is_file():
+            root = input_path.parent
+            session = Session(params, root, output_dir, write_comparison=wc, loader=loader,
+                              output_inside_ok=True)
+            if is_ser(input_path):
+                _run_ser(session, input_path, stream)
+            else:
+                _run_files(session, [input_path], stream)
+            return [session]
+        if not input_path.is_dir():
+            raise FileNotFoundError(f"input folder not found: {input_path}")
+        found = list_existing_frames(
+            input_path, recursive=settings.watch.recursive, suffixes=settings.watch.suffixes
+        )
+        sers = [f for f in found if is_ser(f)]
+        files = [f for f in found if not is_ser(f)]
+        if files or not sers:
+            session = Session(params, input_path, output_dir, write_comparison=wc, loader=loader)
+            _run_files(session, files, stream)
+            sessions.append(session)
+        for ser in sers:
+            out = ser_output_dir(output_dir, input_path, ser)
+            session = Session(params, input_path, out, write_comparison=wc, loader=loader)
+            _run_ser(session, ser, stream)
+            sessions.append(session)
+        return sessions
+    finally:
+        loader.close()
+
+
+def run_batch(input_path: Path, output_dir: Path, settings: Settings, *, stream=None) -> Session:
+    """Like :func:`run_all`; returns the first session (the folder's, if any)."""
+    return run_all(input_path, output_dir, settings, stream=stream)[0]
+
+
+def _run_files(session: Session, frames: list[Path], stream) -> None:
     with session:
         todo = [f for f in frames if not session.is_done(f)]
         if len(todo) < len(frames):
@@ -113,32 +160,61 @@ def run_batch(input_dir: Path, output_dir: Path, settings: Settings, *, stream=N
             bar.update(note=f"{rec.file} {rec.outcome}")
         bar.close()
         session.write_outputs()
-    return session
 
 
-def _summary(session: Session, elapsed: float) -> str:
-    s = session.stats
-    out = session.output_dir
+def _run_ser(session: Session, ser: Path, stream) -> None:
+    loader = session.loader
+    with session:
+        n = loader.ser_available(ser)
+        try:
+            note = loader.ser_reader(ser).truncation_message()
+        except FrameError as err:  # not even a complete header
+            note = f"{ser.name}: {err}"
+        if note:
+            logger.warning("{}", note)
+        start = session.next_index(ser)
+        todo = [FrameRef(ser, i) for i in range(n)
+                if i >= start and not session.is_done(FrameRef(ser, i))]
+        if len(todo) < n:
+            logger.info("{}: {} of {} frames already in the CSV; skipping them",
+                        ser.name, n - len(todo), n)
+        logger.info("{}: {} frames -> {}", ser.name, len(todo), session.output_dir)
+        bar = ProgressBar(len(todo), stream=stream)
+        for ref in todo:
+            rec = session.process(ref)
+            bar.update(note=f"{rec.file} {rec.outcome}")
+        bar.close()
+        session.write_outputs()
+    loader.forget(ser)
+
+
+def _summary(sessions: list[Session], elapsed: float) -> str:
+    processed = sum(s.stats.processed for s in sessions)
+    accepted = sum(s.stats.accepted for s in sessions)
+    rejected = sum(s.stats.rejected for s in sessions)
     lines = [
-        f"processed {s.processed} frames in {elapsed:.1f} s "
-        f"({s.processed / max(elapsed, 1e-9):.1f} frames/s): "
-        f"{s.accepted} accepted, {s.rejected} rejected",
-        f"outputs in {out}:",
+        f"processed {processed} frames in {elapsed:.1f} s "
+        f"({processed / max(elapsed, 1e-9):.1f} frames/s): "
+        f"{accepted} accepted, {rejected} rejected",
     ]
-    for key in ("stacked", "sharpened", "comparison", "csv"):
-        path = out / OUTPUT_NAMES[key]
-        if path.exists():
-            lines.append(f"  {path}")
-    if s.processed and not s.accepted and not session.stacker.stack_size:
-        lines.append("no frame was usable: see the reasons in crops.csv")
+    for session in sessions:
+        s = session.stats
+        out = session.output_dir
+        lines.append(f"outputs in {out}:")
+        for key in ("stacked", "sharpened", "comparison", "csv"):
+            path = out / OUTPUT_NAMES[key]
+            if path.exists():
+                lines.append(f"  {path}")
+        if s.processed and not s.accepted and not session.stacker.stack_size:
+            lines.append("no frame was usable: see the reasons in crops.csv")
     return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     start = time.monotonic()
     output = _output_dir(args, settings, args.input)
-    session = run_batch(args.input, output, settings)
-    print(_summary(session, time.monotonic() - start))
+    sessions = run_all(args.input, output, settings)
+    print(_summary(sessions, time.monotonic() - start))
     return EXIT_OK
 
 
@@ -150,8 +226,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     write_demo_session(capture, n_frames=args.frames, seed=args.seed)
     output = args.output or (args.dir / "output")
     start = time.monotonic()
-    session = run_batch(capture, output, settings)
-    print(_summary(session, time.monotonic() - start))
+    sessions = run_all(capture, output, settings)
+    print(_summary(sessions, time.monotonic() - start))
     return EXIT_OK
 
 

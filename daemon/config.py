@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,13 +25,17 @@ from luckystack.core.pipeline import PipelineParams, SharpenParams
 __all__ = [
     "ConfigError",
     "Settings",
+    "InputSettings",
     "load_settings",
     "pipeline_params",
     "PRESETS",
 ]
 
 PRESETS = ("default", "seed")
-DEFAULT_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+DEFAULT_SUFFIXES = (
+    ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".fits", ".fit", ".fts", ".ser",
+)
+BAYER_CHOICES = ("auto", "none", "RGGB", "GRBG", "GBRG", "BGGR")
 
 
 class ConfigError(ValueError):
@@ -70,6 +74,21 @@ class WatchSettings(_Section):
         return self
 
 
+class InputSettings(_Section):
+    """``[input]``: how frames are decoded (Bayer mosaics)."""
+
+    bayer_pattern: Literal["auto", "none", "RGGB", "GRBG", "GBRG", "BGGR"] = "auto"
+    debayer_method: Literal["bilinear", "ea", "vng"] = "bilinear"
+
+    @field_validator("bayer_pattern", mode="before")
+    @classmethod
+    def _pattern_case(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return text.lower() if text.lower() in ("auto", "none") else text.upper()
+        return value
+
+
 class CropSettings(_Section):
     """``[crop]``: finding the planet."""
 
@@ -81,7 +100,7 @@ class QualitySettings(_Section):
     """``[quality]``: frame scoring and rejection."""
 
     blur_px: float = Field(1.0, ge=0, le=10)
-    min_ratio: float = Field(0.35, ge=0, le=1)
+    min_ratio: float = Field(0.25, ge=0, le=1)
     history: int = Field(50, ge=5)
     max_size_change: float = Field(0.2, gt=0)
     max_saturated_fraction: float = Field(0.01, ge=0, le=1)
@@ -148,6 +167,7 @@ class Settings(BaseSettings):
 
     preset: Literal["default", "seed"] = "default"
     watch: WatchSettings = WatchSettings()
+    input: InputSettings = InputSettings()
     crop: CropSettings = CropSettings()
     quality: QualitySettings = QualitySettings()
     registration: RegistrationSettings = RegistrationSettings()

@@ -1,9 +1,11 @@
-"""Reading frame files into arrays (PNG, TIFF, JPEG, BMP; 8/16-bit).
+"""Reading single-frame files into arrays (PNG, TIFF, JPEG, BMP 8/16-bit; FITS).
 
 Frames are decoded from bytes read in one go, so a file replaced while we
 read it is either the old or the new one, never a mix. Image headers are
 checked before decoding, so a "decompression bomb" (a tiny file whose header
-claims a gigantic image) is refused without allocating it.
+claims a gigantic image) is refused without allocating it. FITS files go
+through :func:`luckystack.daemon.fits.read_fits` (white level, Bayer pattern,
+``DATE-OBS``). SER videos hold many frames: see :mod:`luckystack.daemon.sources`.
 """
 
 from __future__ import annotations
@@ -19,20 +21,33 @@ import numpy as np
 
 from luckystack.core.errors import FrameError
 
-__all__ = ["FrameFile", "read_frame", "MAX_PIXELS", "READABLE_SUFFIXES"]
+__all__ = [
+    "FrameFile", "read_frame", "MAX_PIXELS", "READABLE_SUFFIXES", "RASTER_SUFFIXES",
+    "FITS_SUFFIXES",
+]
 
 #: Largest frame accepted (width × height); 100 MP is far beyond any planetary camera.
 MAX_PIXELS = 100_000_000
-READABLE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
+RASTER_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
+FITS_SUFFIXES = frozenset({".fits", ".fit", ".fts"})
+READABLE_SUFFIXES = RASTER_SUFFIXES | FITS_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
 class FrameFile:
-    """A decoded frame file: ``image`` in RGB(A) or mono, and its time stamp."""
+    """A decoded frame file: ``image`` in RGB(A) or mono, and its time stamp.
+
+    ``white_level`` is the value that means white (None: the dtype's maximum);
+    ``bayer_pattern`` is the mosaic pattern the file declares (FITS
+    ``BAYERPAT``), None for mono/colour data or when unknown. ``time`` is FITS
+    ``DATE-OBS`` if present, else the file's mtime (UTC).
+    """
 
     path: Path
     image: np.ndarray
     time: datetime
+    white_level: int | None = None
+    bayer_pattern: str | None = None
 
 
 def _png_size(head: bytes) -> tuple[int, int] | None:
@@ -65,6 +80,8 @@ def read_frame(path: Path, *, max_pixels: int = MAX_PIXELS) -> FrameFile:
         format, or a declared size above ``max_pixels``.
     """
     path = Path(path)
+    if path.suffix.lower() in FITS_SUFFIXES:
+        return _read_fits_frame(path, max_pixels=max_pixels)
     try:
         with path.open("rb") as fh:
             st = os.fstat(fh.fileno())
@@ -96,3 +113,17 @@ def read_frame(path: Path, *, max_pixels: int = MAX_PIXELS) -> FrameFile:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     when = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
     return FrameFile(path=path, image=image, time=when)
+
+
+def _read_fits_frame(path: Path, *, max_pixels: int) -> FrameFile:
+    from luckystack.daemon.fits import read_fits  # imports astropy: only when needed
+
+    fi = read_fits(path, max_pixels=max_pixels)
+    when = fi.time
+    if when is None:
+        try:
+            when = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+        except OSError:
+            when = datetime.now(timezone.utc)
+    return FrameFile(path=path, image=fi.image, time=when, white_level=fi.white_level,
+                     bayer_pattern=fi.bayer_pattern)

@@ -8,10 +8,22 @@ writes the output images when the queue is empty (or at least every
 as coalesced. Signals only set flags: SIGINT/SIGTERM finish the current
 frame, flush and exit 0; SIGHUP reloads the config (an invalid one is
 reported and the old one kept).
+
+SER videos grow frame by frame while the capture runs. Their events
+(``created``, ``modified``, ``closed``) put the SER path on the same queue;
+the worker then *follows* the file: every ``ser_poll_s`` (50 ms) it asks the
+reader how many complete frames are on disk and processes the new ones in
+order, into the SER's own session ``OUTPUT/<stem>/`` (one CSV row per frame,
+``jup.ser#17``). After a restart it carries on after the last frame in that
+CSV. A SER is no longer followed once its header is final (the capture
+program closed it) and nothing came for ``ser_finish_s``, or nothing came
+for ``[watch] timeout_s``; its session is then written and closed. Another
+write to the file starts following it again.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import threading
@@ -25,13 +37,35 @@ from loguru import logger
 from luckystack.daemon.config import ConfigError, Settings, load_settings, pipeline_params
 from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.notify import SystemdNotifier
-from luckystack.daemon.session import Session
+from luckystack.core.errors import FrameError
+from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
+from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key
 from luckystack.daemon.watcher import FolderWatcher, list_existing_frames, natural_key
 
 __all__ = ["Daemon", "run_watch"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+
+
+@dataclass
+class _SerState:
+    """A SER video being followed: where it is and what comes next."""
+
+    path: Path
+    output_dir: Path
+    next_index: int
+    last_activity: float
+    session: Session | None = None
+
+
+def _add_stats(total: SessionStats, s: SessionStats) -> None:
+    total.processed += s.processed
+    total.accepted += s.accepted
+    total.rejected += s.rejected
+    total.writes += s.writes
+    total.write_failures += s.write_failures
+    total.resumed += s.resumed
 
 
 @dataclass
@@ -54,6 +88,12 @@ class Daemon:
     notifier : SystemdNotifier, optional
     max_write_interval_s : float
         During a backlog, outputs are still written at least this often.
+    ser_poll_s : float
+        How often a growing SER video is checked for new complete frames.
+    ser_finish_s : float
+        A SER whose header is final is let go after this long without news.
+    ser_chunk : int
+        Frames of SER backlog processed before the queue is looked at again.
     """
 
     def __init__(
@@ -67,6 +107,9 @@ class Daemon:
         notifier: SystemdNotifier | None = None,
         max_write_interval_s: float = 2.0,
         idle_tick_s: float = 0.25,
+        ser_poll_s: float = 0.05,
+        ser_finish_s: float = 1.0,
+        ser_chunk: int = 32,
     ) -> None:
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
@@ -76,6 +119,9 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier(address="")
         self.max_write_interval_s = max_write_interval_s
         self.idle_tick_s = idle_tick_s
+        self.ser_poll_s = ser_poll_s
+        self.ser_finish_s = ser_finish_s
+        self.ser_chunk = ser_chunk
         self.flags = _Flags()
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=settings.watch.queue_size)
         self.session: Session | None = None
@@ -88,6 +134,12 @@ class Daemon:
         self._queued: set[str] = set()
         self._queued_lock = threading.Lock()
         self.ready = threading.Event()
+        self.loader = self._make_loader(settings)
+        self.sers: dict[Path, _SerState] = {}
+        self._ser_skip: dict[Path, int] = {}
+        self._ser_backlog = False
+        self._retired = SessionStats()
+        self.ser_outputs: list[Path] = []  # every SER session output folder, in order
 
     # -- control (thread- and signal-safe) ---------------------------------------
     def request_stop(self) -> None:
@@ -127,6 +179,7 @@ class Daemon:
             suffixes=w.suffixes,
             follow_symlinks=w.follow_symlinks,
             on_ignored=self._on_ignored,
+            on_growing=self._enqueue,
         )
         self.watcher.start()
 
@@ -142,25 +195,65 @@ class Daemon:
             self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
             follow_symlinks=w.follow_symlinks,
         )
-        todo = [f for f in frames if not self.session.is_done(f)]
+        todo = [f for f in frames if is_ser(f) or not self.session.is_done(f)]
         for f in todo:
             self._enqueue(f)
         return len(todo)
 
+    def _skip_existing_sers(self) -> None:
+        """``existing = "none"``: frames already in a SER at start are not processed."""
+        w = self.settings.watch
+        for f in list_existing_frames(self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
+                                      follow_symlinks=w.follow_symlinks):
+            if is_ser(f):
+                self._ser_skip[self._abs(f)] = self.loader.ser_available(f)
+                self.loader.forget(f)
+
     # -- session -------------------------------------------------------------------
-    def _open_session(self) -> None:
-        self.session = Session(
-            pipeline_params(self.settings), self.input_dir, self.output_dir,
-            write_comparison=self.settings.output.write_comparison,
+    @staticmethod
+    def _make_loader(settings: Settings) -> FrameLoader:
+        return FrameLoader(settings.input.bayer_pattern, settings.input.debayer_method)
+
+    @staticmethod
+    def _abs(path: Path) -> Path:
+        return Path(os.path.abspath(path))
+
+    def _new_session(self, output_dir: Path) -> Session:
+        session = Session(
+            pipeline_params(self.settings), self.input_dir, output_dir,
+            write_comparison=self.settings.output.write_comparison, loader=self.loader,
         )
-        self.session.open()
-        if self.session.dirty:
-            self.session.write_outputs()
+        session.open()
+        if session.dirty:
+            session.write_outputs()
+        return session
+
+    def _open_session(self) -> None:
+        self.session = self._new_session(self.output_dir)
 
     def _close_session(self) -> None:
+        """Write and close every session (the folder's and the SER ones)."""
+        self._write(force=True)
         if self.session is not None:
-            self._write(force=True)
             self.session.close()
+        for st in self.sers.values():
+            if st.session is not None:
+                _add_stats(self._retired, st.session.stats)
+                st.session.close()
+                st.session = None
+
+    def sessions(self) -> list[Session]:
+        """The open sessions: the folder's first, then the followed SER videos'."""
+        out = [self.session] if self.session is not None else []
+        return out + [st.session for st in self.sers.values() if st.session is not None]
+
+    def totals(self) -> SessionStats:
+        """Frame counts over all sessions of this run, SER sessions included."""
+        total = SessionStats()
+        _add_stats(total, self._retired)
+        for session in self.sessions():
+            _add_stats(total, session.stats)
+        return total
 
     # -- main loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -177,6 +270,8 @@ class Daemon:
                 n = self._enqueue_existing()
                 if n:
                     logger.info("{} frames already in {} will be processed", n, self.input_dir)
+            else:
+                self._skip_existing_sers()
             logger.info("watching {} -> {}", self.input_dir, self.output_dir)
             self.notifier.ready(status=self._status_text())
             self.ready.set()
@@ -185,8 +280,8 @@ class Daemon:
             self.notifier.stopping()
             self._stop_watching()
             self._close_session()
-            assert self.session is not None
-            s = self.session.stats
+            self.loader.close()
+            s = self.totals()
             logger.info(
                 "stopped: {} frames processed ({} accepted, {} rejected), {} writes, "
                 "{} coalesced", s.processed, s.accepted, s.rejected, s.writes, self.coalesced,
@@ -203,30 +298,45 @@ class Daemon:
                 if code is not None:
                     return code
                 continue
+            if self._ser_backlog:
+                wait = 0.0
+            elif self.sers:
+                wait = self.ser_poll_s
+            else:
+                wait = self.idle_tick_s
             try:
-                first = self.queue.get(timeout=self.idle_tick_s)
+                first = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
             except queue.Empty:
+                first = None
+            if first is not None:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                batch.sort(key=natural_key)
+                for i, path in enumerate(batch):
+                    if self.flags.stop.is_set():
+                        break  # the rest stays unprocessed (not in the CSV): found again on restart
+                    if is_ser(path):
+                        self._follow_ser(path)
+                        continue
+                    self._process(path)
+                    self._after_frame(i + 1 < len(batch) or not self.queue.empty())
+                    self._housekeeping()
+            if self.sers and not self.flags.stop.is_set():
+                self._ser_backlog = self._poll_sers()
+            if not self._ser_backlog and self.queue.empty():
                 self._write()
-                continue
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch.sort(key=natural_key)
-            for i, path in enumerate(batch):
-                if self.flags.stop.is_set():
-                    break  # the rest stays unprocessed (not in the CSV): found again on restart
-                self._process(path)
-                more_waiting = i + 1 < len(batch) or not self.queue.empty()
-                if more_waiting and time.monotonic() - self._last_write < self.max_write_interval_s:
-                    self.coalesced += 1
-                else:
-                    self._write()
-                self._housekeeping()
-            self._write()
         return EXIT_OK
+
+    def _after_frame(self, more_waiting: bool) -> None:
+        """Write the outputs after a frame, or count the write as coalesced."""
+        if more_waiting and time.monotonic() - self._last_write < self.max_write_interval_s:
+            self.coalesced += 1
+        else:
+            self._write()
 
     def _process(self, path: Path) -> None:
         assert self.session is not None
@@ -234,15 +344,107 @@ class Daemon:
             self._queued.discard(str(path))
         if self.session.is_done(path):
             return
-        rec = self.session.process(path)
+        self._log_record(self.session.process(path))
+
+    @staticmethod
+    def _log_record(rec) -> None:
         logger.bind(frame=rec.file).debug(
             "{} sharpness={} shift=({}, {})", rec.outcome, rec.sharpness, rec.shift_y, rec.shift_x
         )
 
-    def _write(self, force: bool = False) -> None:
-        if self.session is None or not (self.session.dirty or force):
+    # -- SER videos ----------------------------------------------------------------
+    def _follow_ser(self, path: Path) -> None:
+        """A SER video was created, written to or closed: follow it (again)."""
+        with self._queued_lock:
+            self._queued.discard(str(path))
+        key = self._abs(path)
+        now = time.monotonic()
+        st = self.sers.get(key)
+        if st is not None:
+            st.last_activity = now
             return
-        if self.session.write_outputs():
+        out = ser_output_dir(self.output_dir, self.input_dir, key)
+        done = -1
+        for k in recorded_keys(out / "crops.csv"):
+            ref = parse_key(k, self.input_dir)
+            if ref.index is not None:
+                done = max(done, ref.index)
+        start = max(done + 1, self._ser_skip.get(key, 0))
+        self.sers[key] = _SerState(path=key, output_dir=out, next_index=start, last_activity=now)
+        logger.bind(frame=key.name).debug("following SER video from frame {}", start)
+
+    def _open_ser_session(self, st: _SerState) -> Session:
+        session = self._new_session(st.output_dir)
+        st.session = session
+        st.next_index = max(st.next_index, session.next_index(st.path))
+        if st.output_dir not in self.ser_outputs:
+            self.ser_outputs.append(st.output_dir)
+        logger.info("SER video {} -> {} (from frame {})", st.path.name, st.output_dir,
+                    st.next_index)
+        return session
+
+    def _poll_sers(self) -> bool:
+        """Process the new complete frames of the followed SER videos, in order.
+
+        At most ``ser_chunk`` frames per call; returns True if more are waiting.
+        """
+        budget = self.ser_chunk
+        pending = False
+        for key, st in list(self.sers.items()):
+            if self.flags.stop.is_set():
+                break
+            now = time.monotonic()
+            n = self.loader.ser_available(key)
+            if n > st.next_index:
+                st.last_activity = now
+                session = st.session or self._open_ser_session(st)
+                while st.next_index < n and budget > 0 and not self.flags.stop.is_set():
+                    ref = FrameRef(key, st.next_index)
+                    st.next_index += 1
+                    if session.is_done(ref):
+                        continue
+                    budget -= 1
+                    self._log_record(session.process(ref))
+                    self._after_frame(st.next_index < n or not self.queue.empty())
+                    self._housekeeping()
+                if st.next_index < n:
+                    pending = True
+                continue
+            idle = now - st.last_activity
+            finished = self.loader.ser_finished(key)
+            if (finished and (st.session is None or idle >= self.ser_finish_s)) or (
+                idle >= self.settings.watch.timeout_s
+            ):
+                self._retire_ser(st, finished)
+        return pending
+
+    def _retire_ser(self, st: _SerState, finished: bool) -> None:
+        """Stop following a SER video: write and close its session."""
+        del self.sers[st.path]
+        if st.session is not None:
+            if st.session.dirty and st.session.write_outputs():
+                self._last_write = time.monotonic()
+            s = st.session.stats
+            _add_stats(self._retired, s)
+            st.session.close()
+            how = "finished" if finished else f"no new frame for {self.settings.watch.timeout_s:g} s"
+            logger.info("SER video {} {}: {} frames processed here ({} accepted, {} rejected)",
+                        st.path.name, how, s.processed, s.accepted, s.rejected)
+        elif st.next_index == 0:
+            try:
+                self.loader.ser_reader(st.path)
+            except FrameError as err:
+                logger.bind(frame=st.path.name).warning("SER video not readable: {}", err)
+        self.loader.forget(st.path)
+
+    def _write(self, force: bool = False) -> None:
+        wrote = False
+        for session in self.sessions():
+            if not (session.dirty or force):
+                continue
+            if session.write_outputs():
+                wrote = True
+        if wrote:
             self._last_write = time.monotonic()
         if self.coalesced > self._coalesced_logged:
             logger.info("{} output writes coalesced while frames were waiting",
@@ -252,9 +454,12 @@ class Daemon:
     def _status_text(self) -> str:
         if self.session is None:
             return "starting"
-        s = self.session.stats
-        return (f"{s.processed} frames: {s.accepted} accepted, {s.rejected} rejected; "
+        s = self.totals()
+        text = (f"{s.processed} frames: {s.accepted} accepted, {s.rejected} rejected; "
                 f"{self.queue.qsize()} waiting")
+        if self.sers:
+            text += f"; following {len(self.sers)} SER video(s)"
+        return text
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -282,9 +487,13 @@ class Daemon:
         if new.logging != old.logging:
             configure_logging(level=new.logging.level, json_file=new.logging.json_file,
                               rotation=new.logging.rotation, retention=new.logging.retention)
-        if pipeline_params(new) != pipeline_params(old) or new.output != old.output:
-            # A new session resumes from the CSV, so the stack carries on.
+        if (pipeline_params(new) != pipeline_params(old) or new.output != old.output
+                or new.input != old.input):
+            # A new session resumes from the CSV, so the stack carries on
+            # (SER sessions are reopened when their next frame comes).
             self._close_session()
+            self.loader.close()
+            self.loader = self._make_loader(new)
             self._open_session()
         if new.watch != old.watch:
             self._stop_watching()

@@ -17,12 +17,14 @@ from loguru import logger
 
 from luckystack.core.crop import CropBox
 from luckystack.core.errors import FrameError
-from luckystack.core.frame import normalise_frame
 from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams
-from luckystack.daemon.frames import read_frame
 from luckystack.daemon.outputs import CropLog, CropRecord, encode_png16, atomic_write_bytes
+from luckystack.daemon.sources import FrameLoader, FrameRef, as_ref, frame_key, parse_key
 
-__all__ = ["Session", "SessionStats", "default_output_dir", "OUTPUT_NAMES"]
+__all__ = [
+    "Session", "SessionStats", "default_output_dir", "ser_output_dir", "recorded_keys",
+    "OUTPUT_NAMES",
+]
 
 OUTPUT_NAMES = {
     "stacked": "stacked.png",
@@ -33,9 +35,39 @@ OUTPUT_NAMES = {
 
 
 def default_output_dir(input_path: Path) -> Path:
-    """``INPUT_luckystack`` beside the input folder (never inside it)."""
+    """``INPUT_luckystack`` beside the input folder (never inside it).
+
+    For a single file (``jup.ser``) it is ``jup_luckystack`` beside the file.
+    """
     input_path = Path(input_path).resolve()
+    if input_path.is_file():
+        return input_path.parent / f"{input_path.stem}_luckystack"
     return input_path.parent / f"{input_path.name}_luckystack"
+
+
+def ser_output_dir(output_dir: Path, input_root: Path, ser_path: Path) -> Path:
+    """Where a SER video found in a capture folder gets its own session.
+
+    ``OUTPUT/<stem>`` (``OUTPUT/sub/<stem>`` for ``INPUT/sub/jup.ser`` when
+    watching recursively).
+    """
+    ser_path = Path(ser_path)
+    try:
+        rel = ser_path.resolve().relative_to(Path(input_root).resolve())
+    except ValueError:
+        rel = Path(ser_path.name)
+    return Path(output_dir) / rel.with_suffix("")
+
+
+def recorded_keys(csv_path: Path) -> list[str]:
+    """The ``file`` column of an existing crop CSV (cheap; [] if there is none)."""
+    import csv
+
+    try:
+        with Path(csv_path).open("r", newline="", encoding="utf-8") as fh:
+            return [row.get("file", "") for row in csv.DictReader(fh)]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
 
 
 @dataclass(slots=True)
@@ -81,6 +113,12 @@ class Session:
         Created if missing. Must not be inside ``input_root``.
     write_comparison : bool
         Also write ``comparison.png``.
+    loader : FrameLoader, optional
+        Decodes frames (shared by the daemon's sessions); a default one
+        (Bayer ``auto``, bilinear) if omitted.
+    output_inside_ok : bool
+        Allow ``output_dir`` inside ``input_root`` (``run FILE``: the input is
+        one file, not a watched folder).
     """
 
     def __init__(
@@ -90,11 +128,16 @@ class Session:
         output_dir: Path,
         *,
         write_comparison: bool = True,
+        loader: FrameLoader | None = None,
+        output_inside_ok: bool = False,
     ) -> None:
         self.params = params
         self.input_root = Path(input_root).resolve()
         self.output_dir = Path(output_dir).resolve()
-        if self.output_dir == self.input_root or self.input_root in self.output_dir.parents:
+        self.loader = loader if loader is not None else FrameLoader()
+        self._own_loader = loader is None
+        inside = self.output_dir == self.input_root or self.input_root in self.output_dir.parents
+        if inside and not output_inside_ok:
             raise ValueError(
                 f"output folder {self.output_dir} is inside the capture folder "
                 f"{self.input_root}; choose one outside it"
@@ -119,6 +162,8 @@ class Session:
 
     def close(self) -> None:
         self.log.close()
+        if self._own_loader:
+            self.loader.close()
 
     def __enter__(self) -> Session:
         self.open()
@@ -128,29 +173,36 @@ class Session:
         self.close()
 
     # -- frames ----------------------------------------------------------------
-    def key(self, path: Path) -> str:
-        """The CSV name of a frame: its path relative to the capture folder."""
-        path = Path(path)
-        try:
-            return path.resolve().relative_to(self.input_root).as_posix()
-        except ValueError:
-            return path.name
+    def key(self, item: FrameRef | Path) -> str:
+        """The CSV name of a frame: its path relative to the capture folder,
+        ``#<index>`` appended for a frame of a SER video."""
+        return frame_key(as_ref(item), self.input_root)
 
-    def is_done(self, path: Path) -> bool:
-        return self.key(path) in self._done
+    def is_done(self, item: FrameRef | Path) -> bool:
+        return self.key(item) in self._done
 
-    def process(self, path: Path) -> CropRecord:
-        """Run one frame file through the pipeline and append its CSV row.
+    def next_index(self, ser_path: Path) -> int:
+        """The first frame of ``ser_path`` after the last one in the CSV (0 if none)."""
+        prefix = self.key(ser_path) + "#"
+        last = -1
+        for key in self._done:
+            if key.startswith(prefix) and key[len(prefix):].isdigit():
+                last = max(last, int(key[len(prefix):]))
+        return last + 1
+
+    def process(self, item: FrameRef | Path) -> CropRecord:
+        """Run one frame (a file, or a frame of a SER video) through the
+        pipeline and append its CSV row.
 
         Never raises for a bad frame: it is recorded as rejected with a reason.
         """
-        key = self.key(path)
+        ref = as_ref(item)
+        key = self.key(ref)
         when = datetime.now(timezone.utc)
         try:
-            ff = read_frame(path)
-            when = ff.time
-            frame = normalise_frame(ff.image)
-            outcome = self.stacker.add(frame)
+            loaded = self.loader.load(ref)
+            when = loaded.time
+            outcome = self.stacker.add(loaded.frame)
         except FrameError as err:
             outcome = FrameOutcome(accepted=False, reason=str(err))
         record = self._record(key, when, outcome)
@@ -207,9 +259,8 @@ class Session:
             rec = records[i]
             outcome = _record_to_outcome(rec)
             if i in replay:
-                path = self.input_root / rec.file
                 try:
-                    frame = normalise_frame(read_frame(path).image)
+                    frame = self.loader.load(parse_key(rec.file, self.input_root)).frame
                     self.stacker.replay(frame, outcome)
                     self.stats.resumed += 1
                 except (FrameError, ValueError) as err:
@@ -225,7 +276,7 @@ class Session:
 
     def _replay_first(self, rec: CropRecord) -> None:
         try:
-            frame = normalise_frame(read_frame(self.input_root / rec.file).image)
+            frame = self.loader.load(parse_key(rec.file, self.input_root)).frame
             self.stacker.set_first_crop(self.stacker.crop_for(frame, _record_to_outcome(rec)))
         except (FrameError, ValueError) as err:
             logger.bind(frame=rec.file).warning("cannot rebuild the first crop: {}", err)

@@ -11,6 +11,10 @@ file is not complete when it is created (watchdog #586, #787), so:
 * In polling mode (network shares, where the local kernel never sees the
   writes), :class:`StabilityTracker` waits until size and mtime stay unchanged
   for ``settle_s`` over at least two observations, with a timeout.
+* Growing containers (SER videos, ``growing_suffixes``) are also reported
+  while they are written: ``created`` and ``modified`` call
+  ``on_growing(path)`` at once (the caller reads the complete frames itself),
+  and ``closed`` still calls ``on_frame``.
 
 Hidden names, ``~`` names, partial/temporary names and unknown suffixes are
 filtered here in code (watchdog 7 changed pattern matching to
@@ -54,6 +58,7 @@ except Exception:  # pragma: no cover - non-Linux
 
 __all__ = [
     "FRAME_SUFFIXES",
+    "GROWING_SUFFIXES",
     "FolderWatcher",
     "FrameEventHandler",
     "StabilityTracker",
@@ -77,6 +82,10 @@ _NATIVE_EMITS_CLOSE = InotifyObserver is not None and Observer is InotifyObserve
 OnFrame = Callable[[Path], None]
 OnIgnored = Callable[[Path, str], None]
 OnError = Callable[[Path, BaseException], None]
+OnGrowing = Callable[[Path], None]
+
+#: Containers that grow frame by frame while captured (SER videos).
+GROWING_SUFFIXES: frozenset[str] = frozenset({".ser"})
 
 # Reasons passed to ``on_ignored`` (and returned by StabilityTracker.poll).
 REASON_VANISHED = "vanished"
@@ -390,9 +399,13 @@ class FrameEventHandler(FileSystemEventHandler):
         on_ignored: OnIgnored | None = None,
         on_error: OnError | None = None,
         tracker: StabilityTracker | None = None,
+        on_growing: OnGrowing | None = None,
+        growing_suffixes: Collection[str] = GROWING_SUFFIXES,
     ) -> None:
         super().__init__()
         self.on_frame = on_frame
+        self.on_growing = on_growing
+        self.growing_suffixes = _normalize_suffixes(growing_suffixes)
         self.on_ignored = on_ignored
         self.on_error = on_error
         self.root = Path(os.path.abspath(root))
@@ -419,10 +432,12 @@ class FrameEventHandler(FileSystemEventHandler):
             self._candidate(event.dest_path, event.is_directory)
 
     def on_created(self, event: FileSystemEvent) -> None:
+        self._growing(event.src_path, event.is_directory)
         if self.tracker is not None:
             self._candidate(event.src_path, event.is_directory)
 
     def on_modified(self, event: FileSystemEvent) -> None:
+        self._growing(event.src_path, event.is_directory)
         if self.tracker is not None:
             self._candidate(event.src_path, event.is_directory)
 
@@ -439,6 +454,19 @@ class FrameEventHandler(FileSystemEventHandler):
             _call_on_ignored(self.on_ignored, path, reason)
 
     # -- internals -------------------------------------------------------------
+
+    def _growing(self, raw_path: bytes | str, is_directory: bool) -> None:
+        """A growing container was created or written to: tell ``on_growing``."""
+        if self.on_growing is None or is_directory:
+            return
+        path = Path(os.fsdecode(raw_path))
+        if PurePath(path.name.lower()).suffix not in self.growing_suffixes:
+            return
+        if not is_frame_name(path, self.suffixes) or _in_hidden_dir(path, self.root):
+            return
+        if not self.follow_symlinks and _outside_root(path, self._root_resolved):
+            return
+        _call_on_frame(self.on_growing, path, self.on_error)
 
     def _candidate(self, raw_path: bytes | str, is_directory: bool) -> None:
         if is_directory:
@@ -502,6 +530,8 @@ class FolderWatcher:
         follow_symlinks: bool = False,
         on_ignored: OnIgnored | None = None,
         on_error: OnError | None = None,
+        on_growing: OnGrowing | None = None,
+        growing_suffixes: Collection[str] = GROWING_SUFFIXES,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
@@ -520,6 +550,8 @@ class FolderWatcher:
         self.follow_symlinks = follow_symlinks
         self.on_ignored = on_ignored
         self.on_error = on_error
+        self.on_growing = on_growing
+        self.growing_suffixes = _normalize_suffixes(growing_suffixes)
         self.handler: FrameEventHandler | None = None
         self._observer: BaseObserver | None = None
         self._poller: threading.Thread | None = None
@@ -555,6 +587,8 @@ class FolderWatcher:
                 on_ignored=self.on_ignored,
                 on_error=self.on_error,
                 tracker=tracker,
+                on_growing=self.on_growing,
+                growing_suffixes=self.growing_suffixes,
             )
             observer: BaseObserver
             if self.polling:
@@ -568,6 +602,8 @@ class FolderWatcher:
                 # that is indistinguishable from "opened for writing".
                 observer = InotifyObserver(generate_full_events=True)
                 event_filter = [FileClosedEvent, FileMovedEvent]
+                if self.on_growing is not None and self.growing_suffixes & self.suffixes:
+                    event_filter += [FileCreatedEvent, FileModifiedEvent]
             else:  # pragma: no cover - non-Linux native observers
                 observer = Observer()
                 event_filter = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]

@@ -1,0 +1,250 @@
+"""Where frames come from: single-frame files and frames inside SER videos.
+
+A frame is named by a :class:`FrameRef`: a file, plus the frame's index for a
+SER video. Its CSV name (the ``file`` column) is the path relative to the
+capture folder, with ``#<index>`` for a SER frame (``jup.ser#17``);
+:func:`parse_key` turns that back into a reference, so a resumed session can
+load ``jup.ser#17`` again.
+
+:class:`FrameLoader` is the one function from a reference to normalised
+working data, used for new frames and for replay alike:
+
+1. decode: PNG/TIFF/JPEG/BMP (:func:`~luckystack.daemon.frames.read_frame`),
+   FITS (:func:`~luckystack.daemon.fits.read_fits`), SER
+   (:class:`~luckystack.daemon.ser.SerReader`, readers kept open);
+2. demosaic a Bayer mosaic (the file's pattern, or the ``[input]`` override)
+   with :func:`luckystack.core.bayer.debayer`, still in sensor units;
+3. normalise with the reader's white level, so a 12-bit camera (white 4095)
+   fills the 16-bit outputs.
+
+Time stamps: the SER trailer, FITS ``DATE-OBS``, else the file's mtime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from luckystack.core.bayer import debayer
+from luckystack.core.errors import FrameError
+from luckystack.core.frame import Frame, normalise_frame
+from luckystack.daemon.frames import read_frame
+from luckystack.daemon.ser import SER_HEADER_SIZE, SerReader
+
+__all__ = [
+    "SER_SUFFIXES",
+    "FrameRef",
+    "LoadedFrame",
+    "FrameLoader",
+    "is_ser",
+    "frame_key",
+    "parse_key",
+]
+
+SER_SUFFIXES = frozenset({".ser"})
+
+
+def is_ser(path: str | os.PathLike[str]) -> bool:
+    """True for a ``.ser`` name (case-insensitive)."""
+    return Path(path).suffix.lower() in SER_SUFFIXES
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """One frame: a single-frame file (``index`` None) or frame ``index`` of a SER file."""
+
+    path: Path
+    index: int | None = None
+
+    def sort_key(self) -> tuple:
+        from luckystack.daemon.watcher import natural_key
+
+        return natural_key(self.path), -1 if self.index is None else self.index
+
+
+def as_ref(item: FrameRef | str | os.PathLike[str]) -> FrameRef:
+    return item if isinstance(item, FrameRef) else FrameRef(Path(item))
+
+
+def frame_key(ref: FrameRef, root: Path) -> str:
+    """The CSV name of ``ref``: relative to ``root`` (else the bare name), ``#i`` for SER."""
+    try:
+        name = ref.path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        name = ref.path.name
+    return name if ref.index is None else f"{name}#{ref.index}"
+
+
+def parse_key(key: str, root: Path) -> FrameRef:
+    """Inverse of :func:`frame_key`: ``jup.ser#17`` -> ``FrameRef(root/jup.ser, 17)``."""
+    name, sep, tail = key.rpartition("#")
+    if sep and tail.isdigit() and is_ser(name):
+        return FrameRef(root / name, int(tail))
+    return FrameRef(root / key)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFrame:
+    """A frame ready for the pipeline, its time stamp and what was done to it."""
+
+    frame: Frame
+    time: datetime
+    bayer_pattern: str | None  # the pattern demosaiced with, None if not
+
+
+def _mtime(path: Path) -> datetime:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    except OSError:
+        return datetime.now(timezone.utc)
+
+
+class FrameLoader:
+    """Load frames by reference; keeps SER readers open (at most ``max_open``).
+
+    Parameters
+    ----------
+    bayer_pattern : {"auto", "none", "RGGB", "GRBG", "GBRG", "BGGR"}
+        ``"auto"`` demosaics what the file declares as Bayer; ``"none"``
+        never demosaics; a pattern demosaics every 2-D frame with it.
+    debayer_method : {"bilinear", "ea", "vng"}
+        ``"vng"`` supports 8-bit data only; 16-bit data uses ``"ea"``.
+    """
+
+    def __init__(
+        self,
+        bayer_pattern: str = "auto",
+        debayer_method: str = "bilinear",
+        *,
+        max_open: int = 16,
+    ) -> None:
+        self.bayer_pattern = bayer_pattern
+        self.debayer_method = debayer_method
+        self.max_open = max_open
+        self._readers: OrderedDict[Path, SerReader] = OrderedDict()
+        self._vng_warned = False
+
+    # -- SER readers -----------------------------------------------------------
+    def ser_reader(self, path: Path) -> SerReader:
+        """The open reader of ``path`` (opened on first use; reopened if replaced).
+
+        Raises FrameError while the file has no complete header yet.
+        """
+        path = Path(path)
+        reader = self._readers.get(path)
+        if reader is not None:
+            try:
+                same = os.stat(path).st_ino == os.fstat(reader._fh.fileno()).st_ino
+            except OSError:
+                same = False
+            if same:
+                self._readers.move_to_end(path)
+                return reader
+            self.forget(path)
+        reader = SerReader(path)
+        self._readers[path] = reader
+        while len(self._readers) > self.max_open:
+            _, old = self._readers.popitem(last=False)
+            old.close()
+        return reader
+
+    def ser_available(self, path: Path) -> int:
+        """Complete frames of ``path`` that are safe to read now (0 if none yet).
+
+        While the capture runs (header ``FrameCount`` 0) the file grows by
+        whole frames, the last one possibly partial. A capture program ends
+        by appending the trailer (8 bytes per frame) and only then fixing
+        ``FrameCount``: in between, the trailer would look like a frame. A
+        file whose data is exactly ``N`` frames plus ``N`` time stamps is
+        therefore taken as finished with ``N`` frames; if it was really a
+        partial frame, the rest follows on the next poll.
+        """
+        try:
+            reader = self.ser_reader(path)
+            n = reader.frame_count_available()
+        except FrameError:
+            self.forget(path)
+            return 0
+        h = reader.header
+        if h.frame_count == 0:
+            data = max(0, reader._size - SER_HEADER_SIZE)
+            if data and data % (h.frame_bytes + 8) == 0:
+                n = min(n, data // (h.frame_bytes + 8))
+        return n
+
+    def ser_finished(self, path: Path) -> bool:
+        """True when the SER header's FrameCount is set and all of its frames are on disk."""
+        reader = self._readers.get(Path(path))
+        if reader is None:
+            return False
+        h = reader.header
+        return h.frame_count > 0 and reader._complete_frames() >= h.frame_count
+
+    def forget(self, path: Path) -> None:
+        """Close the reader of ``path`` (if open)."""
+        reader = self._readers.pop(Path(path), None)
+        if reader is not None:
+            reader.close()
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    # -- frames ----------------------------------------------------------------
+    def load(self, item: FrameRef | Path) -> LoadedFrame:
+        """Decode, demosaic and normalise one frame.
+
+        Raises
+        ------
+        FrameError
+            For a frame that cannot be read or used (the reason says why).
+        """
+        ref = as_ref(item)
+        if ref.index is not None:
+            reader = self.ser_reader(ref.path)
+            raw = reader.read_frame(ref.index)
+            white: int | None = reader.white_level
+            declared = reader.bayer_pattern
+            when = None
+            try:
+                when = reader.timestamp(ref.index)
+            except FrameError:
+                when = None
+            if when is None:
+                when = _mtime(ref.path)
+        else:
+            if is_ser(ref.path):
+                raise FrameError(f"{ref.path.name}: a SER video needs a frame index")
+            ff = read_frame(ref.path)
+            raw, white, declared, when = ff.image, ff.white_level, ff.bayer_pattern, ff.time
+        image, white, pattern = self._demosaic(raw, white, declared)
+        return LoadedFrame(normalise_frame(image, white_level=white), when, pattern)
+
+    def _demosaic(
+        self, raw: np.ndarray, white: int | None, declared: str | None
+    ) -> tuple[np.ndarray, int | None, str | None]:
+        choice = self.bayer_pattern
+        if choice == "none" or raw.ndim != 2:
+            return raw, white, None
+        pattern = declared if choice == "auto" else choice
+        if pattern is None:
+            return raw, white, None
+        if raw.dtype.kind == "f":  # e.g. a float FITS mosaic: to 16-bit sensor units
+            level = float(white or 1.0)
+            raw = (np.clip(np.nan_to_num(raw) / level, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+            white = 65535
+        method = self.debayer_method
+        if method == "vng" and raw.dtype != np.uint8:
+            if not self._vng_warned:
+                logger.warning("debayer_method 'vng' supports 8-bit data only; using 'ea' "
+                               "for 16-bit frames")
+                self._vng_warned = True
+            method = "ea"
+        return debayer(raw, pattern, method=method), white, pattern
