@@ -21,7 +21,7 @@ from luckystack.daemon.config import PRESETS, ConfigError, Settings, load_settin
 from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.progress import ProgressBar
 from luckystack.daemon.session import OUTPUT_NAMES, Session, default_output_dir, ser_output_dir
-from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser
+from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, prefetch
 
 __all__ = ["main", "build_parser", "run_batch", "run_all", "frame_loader"]
 
@@ -155,8 +155,8 @@ def _run_files(session: Session, frames: list[Path], stream) -> None:
             logger.info("{} of {} frames already in the CSV; skipping them",
                         len(frames) - len(todo), len(frames))
         bar = ProgressBar(len(todo), stream=stream)
-        for path in todo:
-            rec = session.process(path)
+        for path, loaded in prefetch(session.loader.load, todo):
+            rec = session.process(path, loaded)
             bar.update(note=f"{rec.file} {rec.outcome}")
         bar.close()
         session.write_outputs()

@@ -39,7 +39,7 @@ from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.notify import SystemdNotifier
 from luckystack.core.errors import FrameError
 from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
-from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key
+from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key, prefetch
 from luckystack.daemon.watcher import FolderWatcher, list_existing_frames, natural_key
 
 __all__ = ["Daemon", "run_watch"]
@@ -316,15 +316,20 @@ class Daemon:
                     except queue.Empty:
                         break
                 batch.sort(key=natural_key)
-                for i, path in enumerate(batch):
-                    if self.flags.stop.is_set():
-                        break  # the rest stays unprocessed (not in the CSV): found again on restart
+                for path in batch:
                     if is_ser(path):
                         self._follow_ser(path)
-                        continue
-                    self._process(path)
-                    self._after_frame(i + 1 < len(batch) or not self.queue.empty())
-                    self._housekeeping()
+                files = self._claim([p for p in batch if not is_ser(p)])
+                frames = prefetch(self.session.loader.load, files)
+                try:
+                    for i, (path, loaded) in enumerate(frames):
+                        if self.flags.stop.is_set():
+                            break  # the rest stays unprocessed (not in the CSV): found on restart
+                        self._log_record(self.session.process(path, loaded))
+                        self._after_frame(i + 1 < len(files) or not self.queue.empty())
+                        self._housekeeping()
+                finally:
+                    frames.close()
             if self.sers and not self.flags.stop.is_set():
                 self._ser_backlog = self._poll_sers()
             if not self._ser_backlog and self.queue.empty():
@@ -338,13 +343,18 @@ class Daemon:
         else:
             self._write()
 
-    def _process(self, path: Path) -> None:
+    def _claim(self, paths: list[Path]) -> list[Path]:
+        """Take paths off the queued set; return those not yet in the CSV."""
         assert self.session is not None
         with self._queued_lock:
-            self._queued.discard(str(path))
-        if self.session.is_done(path):
-            return
-        self._log_record(self.session.process(path))
+            for path in paths:
+                self._queued.discard(str(path))
+        todo, seen = [], set()
+        for path in paths:
+            if not self.session.is_done(path) and path not in seen:
+                seen.add(path)
+                todo.append(path)
+        return todo
 
     @staticmethod
     def _log_record(rec) -> None:

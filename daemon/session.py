@@ -19,7 +19,14 @@ from luckystack.core.crop import CropBox
 from luckystack.core.errors import FrameError
 from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams
 from luckystack.daemon.outputs import CropLog, CropRecord, encode_png16, atomic_write_bytes
-from luckystack.daemon.sources import FrameLoader, FrameRef, as_ref, frame_key, parse_key
+from luckystack.daemon.sources import (
+    FrameLoader,
+    FrameRef,
+    LoadedFrame,
+    as_ref,
+    frame_key,
+    parse_key,
+)
 
 __all__ = [
     "Session", "SessionStats", "default_output_dir", "ser_output_dir", "recorded_keys",
@@ -190,17 +197,24 @@ class Session:
                 last = max(last, int(key[len(prefix):]))
         return last + 1
 
-    def process(self, item: FrameRef | Path) -> CropRecord:
+    def process(
+        self, item: FrameRef | Path, loaded: LoadedFrame | FrameError | None = None
+    ) -> CropRecord:
         """Run one frame (a file, or a frame of a SER video) through the
         pipeline and append its CSV row.
 
+        ``loaded`` is the frame already decoded by :func:`prefetch` (or the
+        error its decoding raised); by default the frame is loaded here.
         Never raises for a bad frame: it is recorded as rejected with a reason.
         """
         ref = as_ref(item)
         key = self.key(ref)
         when = datetime.now(timezone.utc)
         try:
-            loaded = self.loader.load(ref)
+            if isinstance(loaded, FrameError):
+                raise loaded
+            if loaded is None:
+                loaded = self.loader.load(ref)
             when = loaded.time
             outcome = self.stacker.add(loaded.frame)
         except FrameError as err:

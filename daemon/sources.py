@@ -23,7 +23,10 @@ Time stamps: the SER trailer, FITS ``DATE-OBS``, else the file's mtime.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,3 +251,35 @@ class FrameLoader:
                 self._vng_warned = True
             method = "ea"
         return debayer(raw, pattern, method=method), white, pattern
+
+
+def prefetch(
+    load: Callable[[FrameRef | Path], LoadedFrame],
+    items: Iterable[FrameRef | Path],
+    *,
+    depth: int = 3,
+) -> Iterator[tuple[FrameRef | Path, LoadedFrame | FrameError]]:
+    """Yield ``(item, loaded frame or FrameError)`` in order, decoding ahead.
+
+    Up to ``depth`` frames are read and decoded on one background thread
+    while the caller processes the previous one; OpenCV and zlib release
+    the GIL while decoding, so both cores work. Use it for frame *files*
+    only: SER frames share one open reader, which must stay on one thread.
+    Closing the generator early waits for the (at most ``depth``) loads in
+    flight.
+    """
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="luckystack-decode") as pool:
+        pending: deque[tuple[FrameRef | Path, Future[LoadedFrame]]] = deque()
+        for item in islice(it, depth):
+            pending.append((item, pool.submit(load, item)))
+        while pending:
+            item, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            try:
+                yield item, future.result()
+            except FrameError as err:
+                yield item, err
+

@@ -30,7 +30,6 @@ import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from luckystack.core.simulate import PlanetModel, SeeingModel, simulate_session  # noqa: E402
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from luckystack.daemon.cli import run_batch
 from luckystack.daemon.config import load_settings

@@ -137,3 +137,17 @@ def test_demo_command_writes_a_session_and_stacks_it(tmp_path, capsys):
 def test_run_on_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope")]) == 1
     assert "input folder not found" in capsys.readouterr().err
+
+
+def test_prefetch_keeps_order_and_passes_errors(tmp_path, capture_copy):
+    from luckystack.core.errors import FrameError
+    from luckystack.daemon.sources import FrameLoader, prefetch
+
+    (capture_copy / "frame_5.png").write_bytes(b"garbage")
+    paths = sorted(capture_copy.iterdir(), key=lambda p: int(p.stem.split("_")[1]))[:12]
+    loader = FrameLoader()
+    got = list(prefetch(loader.load, paths, depth=3))
+    assert [p for p, _ in got] == paths
+    assert isinstance(got[4][1], FrameError)
+    assert all(not isinstance(r, FrameError) for i, (_, r) in enumerate(got) if i != 4)
+    loader.close()
