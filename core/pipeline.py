@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 from scipy import fft as sp_fft
 
@@ -37,7 +38,7 @@ from luckystack.core.crop import (
 from luckystack.core.errors import FrameError, RegistrationError
 from luckystack.core.frame import Frame, luminance
 from luckystack.core.quality import measure_sharpness
-from luckystack.core.register import estimate_shift
+from luckystack.core.register import ShiftEstimate, estimate_shift
 from luckystack.core.sharpen import gaussian_laplacian, sharpen_kernel
 from luckystack.core.stack import Combine, ResizingStack, RollingStack, Weighting
 
@@ -85,6 +86,10 @@ class PipelineParams:
     max_saturated_fraction: float = 0.01
     register: bool = True
     min_peak: float = 0.3
+    #: Bin crops by this factor for registration (0 = auto: 2 when the crop's
+    #: short side is >= 192 px). Seeing-limited crops hold no detail near
+    #: Nyquist; binning makes the FFTs 4x cheaper at no measurable loss.
+    register_bin: int = 0
     sharpen: SharpenParams = field(default_factory=SharpenParams)
     #: Buffers larger than this many bytes as float32 are kept as uint16.
     float_buffer_limit_bytes: int = 256 * 1024 * 1024
@@ -123,6 +128,21 @@ def _fast_even(n: int) -> int:
     while m % 2:
         m = sp_fft.next_fast_len(m + 1, real=False)
     return m
+
+
+def _estimate_binned(reference: np.ndarray, moving: np.ndarray, factor: int) -> ShiftEstimate:
+    """:func:`estimate_shift` on copies binned ``factor`` x ``factor`` (area mean)."""
+    if factor <= 1:
+        return estimate_shift(reference, moving)
+    h, w = reference.shape[0] // factor, reference.shape[1] // factor
+
+    def binned(img: np.ndarray) -> np.ndarray:
+        img = np.ascontiguousarray(img[: h * factor, : w * factor], dtype=np.float32)
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+    est = estimate_shift(binned(reference), binned(moving))
+    dy, dx = est.shift_yx
+    return ShiftEstimate(shift_yx=(dy * factor, dx * factor), peak=est.peak)
 
 
 def apply_sharpening(image: np.ndarray, params: SharpenParams) -> np.ndarray:
@@ -237,6 +257,11 @@ class LiveStacker:
         return self._first_crop
 
     # -- internals -------------------------------------------------------------
+    def _register_bin(self) -> int:
+        if self.params.register_bin > 0:
+            return self.params.register_bin
+        return 2 if self.crop_size_hw is not None and min(self.crop_size_hw) >= 192 else 1
+
     def _check_channels(self, frame: Frame) -> None:
         channels = 1 if frame.data.ndim == 2 else frame.data.shape[2]
         if self._channels is None:
@@ -331,7 +356,7 @@ class LiveStacker:
         shift = (0.0, 0.0)
         if p.register and self._stack is not None and len(self._stack) > 0:
             reference = luminance(self._stack.mean())
-            est = estimate_shift(reference, crop_lum)
+            est = _estimate_binned(reference, crop_lum, self._register_bin())
             if est.peak < p.min_peak:
                 return FrameOutcome(
                     accepted=False,

@@ -34,8 +34,8 @@ def _mean_noise_variance(img: np.ndarray) -> float:
     ``r = x - mean_3x3(x)`` (scaled by 9/8, its noise share) is the mean
     variance; the finest-scale detail of a seeing-limited crop adds little.
     """
-    resid = img - cv2.blur(img, (3, 3), borderType=cv2.BORDER_REFLECT)
-    return float(np.mean(resid.astype(np.float64) ** 2)) * (9.0 / 8.0)
+    resid = (img - cv2.blur(img, (3, 3), borderType=cv2.BORDER_REFLECT)).ravel()
+    return float(np.dot(resid, resid)) / resid.size * (9.0 / 8.0)
 
 
 def _laplacian_noise_gain(blur_sigma_px: float) -> float:
@@ -78,25 +78,27 @@ def measure_sharpness(
     ``S = max(0, mean(L²) - g σ²) / m²`` where ``L`` is the Laplacian of the
     blurred crop, ``σ²`` the mean noise variance, ``g`` the variance gain of blur+Laplacian on
     white noise (so noise adds nothing on average) and ``m`` the mean of the
-    pixels brighter than half the crop's 99th percentile (the disc).
+    pixels where the blurred crop is above half its maximum (the disc).
     """
     if lum.ndim != 2:
         raise FrameError(f"expected a 2-D crop, got shape {lum.shape}")
     if min(lum.shape) < 8:
         raise FrameError(f"crop too small to score: {lum.shape}")
     img = lum.astype(np.float32, copy=False)
-    bright = float(np.percentile(img[::2, ::2], 99))
+    blurred = cv2.GaussianBlur(img, (0, 0), blur_sigma_px) if blur_sigma_px > 0 else img
+    # The disc level: mean of the pixels above half the (blurred) peak.
+    bright = float(blurred.max())
     if not np.isfinite(bright) or bright <= 0:
         raise FrameError("cannot score a dark crop")
-    disc_mask = img > 0.5 * bright
-    disc = img[disc_mask]
-    level = float(disc.mean()) if disc.size else bright
+    disc_mask = blurred > 0.5 * bright
+    level = float(img[disc_mask].mean())
+    if level <= 0:
+        raise FrameError("cannot score a dark crop")
     if noise_sigma is None:
         noise_var = _mean_noise_variance(img)
     else:
         noise_var = noise_sigma**2
-    blurred = cv2.GaussianBlur(img, (0, 0), blur_sigma_px) if blur_sigma_px > 0 else img
-    lap = cv2.Laplacian(blurred, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
-    energy = float(np.mean(lap.astype(np.float64) ** 2))
+    lap = cv2.Laplacian(blurred, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT).ravel()
+    energy = float(np.dot(lap, lap)) / lap.size
     energy -= _laplacian_noise_gain(blur_sigma_px) * noise_var
     return max(energy, 0.0) / (level * level)

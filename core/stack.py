@@ -140,17 +140,22 @@ class RollingStack:
             return data.astype(np.float32) * np.float32(1.0 / 65535.0)
         return data
 
+    def _accumulate(self, slot: int, sign: float) -> None:
+        w = self._weight(slot)
+        frame = self._frame(slot)
+        if w == 1.0:
+            (np.add if sign > 0 else np.subtract)(self._sum, frame, out=self._sum)
+        else:
+            self._sum += (sign * w) * frame
+        self._wsum += sign * w
+
     def _select(self, slot: int) -> None:
         self._selected[slot] = True
-        w = self._weight(slot)
-        self._sum += w * self._frame(slot)
-        self._wsum += w
+        self._accumulate(slot, 1.0)
 
     def _deselect(self, slot: int) -> None:
         self._selected[slot] = False
-        w = self._weight(slot)
-        self._sum -= w * self._frame(slot)
-        self._wsum -= w
+        self._accumulate(slot, -1.0)
 
     def _rank_key(self, slot: int) -> tuple[float, int]:
         # Higher score wins; on a tie the newer frame wins. Deterministic.
@@ -206,16 +211,16 @@ class RollingStack:
         self._sum[...] = 0.0
         self._wsum = 0.0
         for slot in np.flatnonzero(self._selected):
-            w = self._weight(slot)
-            self._sum += w * self._frame(slot)
-            self._wsum += w
+            self._accumulate(int(slot), 1.0)
 
     # -- results ---------------------------------------------------------------
     def mean(self) -> np.ndarray:
         """Running (weighted) mean of the selected frames, float32. Cheap."""
         if self._wsum <= 0:
             raise ValueError("the stack is empty")
-        return (self._sum / self._wsum).astype(np.float32)
+        out = np.empty(self.frame_shape, dtype=np.float32)
+        np.multiply(self._sum, 1.0 / self._wsum, out=out, casting="same_kind")
+        return out
 
     def selected_slots(self) -> np.ndarray:
         """Buffer slots currently stacked, oldest first."""
