@@ -39,7 +39,13 @@ from luckystack.core.errors import FrameError, RegistrationError
 from luckystack.core.frame import Frame, luminance
 from luckystack.core.quality import measure_sharpness
 from luckystack.core.register import ShiftEstimate, estimate_shift
-from luckystack.core.sharpen import gaussian_laplacian, sharpen_kernel
+from luckystack.core.sharpen import (
+    DEFAULT_CHAIN,
+    SharpenStep,
+    apply_chain,
+    gaussian_laplacian,
+    sharpen_kernel,
+)
 from luckystack.core.stack import Combine, ResizingStack, RollingStack, Weighting
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "FrameOutcome",
     "LiveStacker",
     "apply_sharpening",
+    "compose_panels",
 ]
 
 Method = Literal["default", "seed"]
@@ -57,11 +64,16 @@ Method = Literal["default", "seed"]
 class SharpenParams:
     """How the stack is sharpened.
 
-    ``method``: ``"gaussian_laplacian"`` (origin), ``"kernel"`` (origin's 3x3
-    kernel) or ``"none"``.
+    ``method``: ``"chain"`` (``steps``, or :data:`DEFAULT_CHAIN` when empty,
+    with deringing and highlight protection), ``"gaussian_laplacian"``
+    (origin), ``"kernel"`` (origin's 3x3 kernel) or ``"none"``.
     """
 
-    method: Literal["gaussian_laplacian", "kernel", "none"] = "gaussian_laplacian"
+    method: Literal["chain", "gaussian_laplacian", "kernel", "none"] = "chain"
+    steps: tuple[SharpenStep, ...] = ()
+    luminance_only: bool = True
+    dering: bool = True
+    highlight_knee: float | None = 0.9
     sigma_px: float = 1.0
     amount: float = 1.0
 
@@ -145,8 +157,43 @@ def _estimate_binned(reference: np.ndarray, moving: np.ndarray, factor: int) -> 
     return ShiftEstimate(shift_yx=(dy * factor, dx * factor), peak=est.peak)
 
 
+def compose_panels(panels: list[tuple[str, np.ndarray]], *, gap_px: int = 4) -> np.ndarray:
+    """Images side by side, each under a text label, as one float32 image.
+
+    Panels are scaled to the tallest one's height (bilinear) and must all be
+    mono or all colour; labels are drawn in white on a black band.
+    """
+    height = max(img.shape[0] for _, img in panels)
+    band = max(14, height // 12)
+    scale = band / 30.0
+    columns = []
+    for i, (label, img) in enumerate(panels):
+        img = np.asarray(img, dtype=np.float32)
+        if img.shape[0] != height:
+            width = max(1, round(img.shape[1] * height / img.shape[0]))
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+        text = np.zeros((band, img.shape[1]), np.uint8)  # putText draws 8-bit only
+        cv2.putText(text, label, (3, band - max(3, band // 5)), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, 255, 1, cv2.LINE_AA)
+        head = text.astype(np.float32) / 255.0
+        if img.ndim == 3:
+            head = np.repeat(head[:, :, None], img.shape[2], axis=2)
+        columns.append(np.concatenate([head, np.clip(img, 0.0, None)], axis=0))
+        if i + 1 < len(panels):
+            columns.append(np.zeros((height + band, gap_px) + img.shape[2:], np.float32))
+    return np.concatenate(columns, axis=1)
+
+
 def apply_sharpening(image: np.ndarray, params: SharpenParams) -> np.ndarray:
     """Sharpen ``image`` (working data) as ``params`` say; float32 result."""
+    if params.method == "chain":
+        return apply_chain(
+            image,
+            params.steps or DEFAULT_CHAIN,
+            luminance_only=params.luminance_only,
+            dering=params.dering,
+            highlight_knee=params.highlight_knee,
+        )
     if params.method == "gaussian_laplacian":
         return gaussian_laplacian(image, sigma_px=params.sigma_px, amount=params.amount)
     if params.method == "kernel":
@@ -176,6 +223,8 @@ class LiveStacker:
         self._scores: deque[float] = deque(maxlen=params.quality_history)
         self._sizes: deque[tuple[int, int]] = deque(maxlen=params.quality_history)
         self._first_crop: np.ndarray | None = None
+        self._best_crop: np.ndarray | None = None
+        self._best_score = -np.inf
         self._channels: int | None = None
         self.accepted = 0
         self.rejected = 0
@@ -234,6 +283,29 @@ class LiveStacker:
         dy, dx = outcome.shift_yx or (0.0, 0.0)
         return extract_shifted(frame.data, outcome.box, (-dy, -dx))
 
+    def best_crop(self) -> np.ndarray | None:
+        """The sharpest accepted (registered) crop seen so far."""
+        return self._best_crop
+
+    def comparison(self) -> np.ndarray | None:
+        """Best single crop | stack | sharpened stack, side by side, labelled."""
+        stacked = self.stacked()
+        if stacked is None or self._best_crop is None:
+            return None
+        return compose_panels(
+            [
+                ("best frame", self._best_crop),
+                (f"stack of {self.stack_count()}", stacked),
+                ("sharpened", self.sharpen(stacked)),
+            ]
+        )
+
+    def stack_count(self) -> int:
+        """Frames in the current stack (selected frames of the buffer)."""
+        if isinstance(self._stack, RollingStack):
+            return self._stack.selected_count
+        return self.stack_size
+
     def set_first_crop(self, crop: np.ndarray) -> None:
         """Set the session's first crop (shown in the comparison image)."""
         self._first_crop = np.array(crop, dtype=np.float32)
@@ -289,6 +361,9 @@ class LiveStacker:
         self._stack.push(crop, score)
         if self._first_crop is None:
             self._first_crop = crop.copy()
+        if score > self._best_score or self._best_crop is None:
+            self._best_score = score
+            self._best_crop = crop.copy()
 
     def _add_seed(self, frame: Frame) -> FrameOutcome:
         self._check_channels(frame)

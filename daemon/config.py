@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from luckystack.core.pipeline import PipelineParams, SharpenParams
+from luckystack.core.sharpen import SharpenStep, make_step
 
 __all__ = [
     "ConfigError",
@@ -132,11 +133,38 @@ class StackSettings(_Section):
 
 
 class SharpenSettings(_Section):
-    """``[sharpen]``: sharpening of the stack."""
+    """``[sharpen]``: sharpening of the stack.
 
-    method: Literal["gaussian_laplacian", "kernel", "none"] = "gaussian_laplacian"
+    ``method = "chain"`` runs ``[[sharpen.steps]]`` in order (the measured
+    default chain when there are none); each step table has a ``kind``
+    (unsharp, wavelet, deconvolve, kernel, gaussian_laplacian) and that
+    step's fields. ``gaussian_laplacian`` and ``kernel`` are the origin's
+    sharpeners (``sigma_px``/``amount`` apply to the former).
+    """
+
+    method: Literal["chain", "gaussian_laplacian", "kernel", "none"] = "chain"
+    steps: tuple[dict[str, Any], ...] = ()
+    luminance_only: bool = True
+    dering: bool = True
+    highlight_knee: float | None = Field(0.9, ge=0, lt=1)
     sigma_px: float = Field(1.0, gt=0, le=20)
     amount: float = Field(1.0, ge=0, le=20)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_are_valid(cls, steps: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        problems = []
+        for i, table in enumerate(steps):
+            try:
+                make_step(**table)
+            except (TypeError, ValueError) as err:
+                problems.append(f"steps[{i}]: {err}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return steps
+
+    def chain(self) -> tuple[SharpenStep, ...]:
+        return tuple(make_step(**table) for table in self.steps)
 
 
 class OutputSettings(_Section):
@@ -254,9 +282,19 @@ def pipeline_params(settings: Settings) -> PipelineParams:
     """
     s = settings
     sharpen = SharpenParams(
-        method=s.sharpen.method, sigma_px=s.sharpen.sigma_px, amount=s.sharpen.amount
+        method=s.sharpen.method,
+        steps=s.sharpen.chain(),
+        luminance_only=s.sharpen.luminance_only,
+        dering=s.sharpen.dering,
+        highlight_knee=s.sharpen.highlight_knee,
+        sigma_px=s.sharpen.sigma_px,
+        amount=s.sharpen.amount,
     )
     if s.preset == "seed":
+        # The origin sharpened with Gaussian blur + Laplacian, whatever the chain.
+        sharpen = SharpenParams(
+            method="gaussian_laplacian", sigma_px=s.sharpen.sigma_px, amount=s.sharpen.amount
+        )
         return PipelineParams(
             method="seed",
             crop_margin=s.crop.margin,

@@ -118,3 +118,27 @@ def test_long_buffer_switches_to_uint16_storage_with_same_result(session):
     diff = np.abs(a.stacked() - b.stacked())
     # 1/65535 quantisation; bicubic undershoot below 0 on the sky is clipped
     assert diff.mean() < 1e-5 and diff.max() < 1e-3
+
+
+def test_default_sharpening_is_the_measured_chain_and_seed_is_origin(session):
+    from luckystack.core.pipeline import SharpenParams, apply_sharpening
+    from luckystack.core.sharpen import DEFAULT_CHAIN, apply_chain, gaussian_laplacian
+
+    ls, _ = _run(session.frames[:12])
+    stacked = ls.stacked()
+    np.testing.assert_allclose(ls.sharpen(stacked), apply_chain(stacked, DEFAULT_CHAIN,
+                                                                luminance_only=True), atol=1e-6)
+    origin = apply_sharpening(stacked, SharpenParams(method="gaussian_laplacian"))
+    np.testing.assert_allclose(origin, gaussian_laplacian(stacked), atol=1e-6)
+    flat = np.full((40, 40), 0.2, np.float32)
+    np.testing.assert_allclose(apply_sharpening(flat, SharpenParams()), 0.2, atol=1e-6)
+
+
+def test_comparison_panels_best_stack_sharpened(session):
+    ls, outs = _run(session.frames)
+    comp = ls.comparison()
+    h, w = ls.stacked().shape
+    assert comp.shape[0] > h  # a label band above the panels
+    assert comp.shape[1] == 3 * w + 2 * 4
+    best = max(o.sharpness for o in outs if o.accepted)
+    assert ls._best_score == best

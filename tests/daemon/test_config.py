@@ -76,3 +76,25 @@ def test_check_config_exit_codes(tmp_path, capsys):
     assert "[stack] buffer_size" in err and "[sharpen] method" in err
     assert main(["check-config", str(REPO / "config.example.toml")]) == 0
     assert '"buffer_size": 20' in capsys.readouterr().out
+
+
+def test_sharpen_steps_from_toml_and_their_errors(tmp_path):
+    from luckystack.core.sharpen import DeconvolveStep, UnsharpStep
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[sharpen.steps]]\nkind = "deconvolve"\npsf = "gaussian"\nsigma_px = 1.2\n'
+        '[[sharpen.steps]]\nkind = "unsharp"\nradius_px = 2.0\namount = 0.5\n'
+    )
+    p = pipeline_params(load_settings(cfg))
+    assert p.sharpen.method == "chain"
+    assert isinstance(p.sharpen.steps[0], DeconvolveStep) and p.sharpen.steps[0].sigma_px == 1.2
+    assert isinstance(p.sharpen.steps[1], UnsharpStep)
+    # the seed preset keeps the origin's sharpener whatever the chain
+    assert pipeline_params(load_settings(cfg, preset="seed")).sharpen.method == "gaussian_laplacian"
+    cfg.write_text('[[sharpen.steps]]\nkind = "deconvolve"\npsf = "airy"\n'
+                   '[[sharpen.steps]]\nkind = "blur"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    text = "\n".join(exc.value.problems)
+    assert "steps[0]: psf must be one of" in text and "steps[1]: unknown sharpening step kind" in text
