@@ -39,6 +39,8 @@ from typing import ClassVar, Literal
 import cv2
 import numpy as np
 
+from luckystack.core._validate import check_real
+
 from luckystack.core.frame import LUMA_WEIGHTS_RGB
 
 __all__ = [
@@ -138,31 +140,6 @@ def _check_image(image: object) -> np.ndarray:
             "image contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
         )
     return out
-
-
-def _check_real(
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Return ``value`` as a finite float within the bounds or raise ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a real number; got {value!r}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a real number; got {value!r}") from err
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    if low is not None and (number < low or (low_open and number == low)):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{name} must be {bound}; got {value!r}")
-    if high is not None and number > high:
-        raise ValueError(f"{name} must be <= {high}; got {value!r}")
-    return number
 
 
 def _check_int(name: str, value: object, *, low: int) -> int:
@@ -274,9 +251,9 @@ def _dering_limb(
 
 def _check_unsharp(radius_px: object, amount: object, threshold: object) -> tuple[float, ...]:
     return (
-        _check_real("radius_px", radius_px, low=0.0, low_open=True, high=100.0),
-        _check_real("amount", amount, low=0.0, high=100.0),
-        _check_real("threshold", threshold, low=0.0),
+        check_real("radius_px", radius_px, low=0.0, low_open=True, high=100.0),
+        check_real("amount", amount, low=0.0, high=100.0),
+        check_real("threshold", threshold, low=0.0),
     )
 
 
@@ -405,10 +382,10 @@ def _check_wavelet(
             f"got {len(denoise_t)} values"
         )
     gains_t = tuple(
-        _check_real(f"gains[{i}]", g, low=0.0, high=100.0) for i, g in enumerate(gains_t)
+        check_real(f"gains[{i}]", g, low=0.0, high=100.0) for i, g in enumerate(gains_t)
     )
     denoise_t = tuple(
-        _check_real(f"denoise[{i}]", d, low=0.0, high=100.0) for i, d in enumerate(denoise_t)
+        check_real(f"denoise[{i}]", d, low=0.0, high=100.0) for i, d in enumerate(denoise_t)
     ) + (0.0,) * (len(gains_t) - len(denoise_t))
     kernel = _check_choice("kernel", kernel, tuple(_WAVELET_TAPS))
     return gains_t, denoise_t, kernel
@@ -712,11 +689,11 @@ def _check_deconvolve(
         psf = _check_choice("psf", psf, ("gaussian", "moffat"))
     return (
         psf,
-        _check_real("sigma_px", sigma_px, low=0.0, low_open=True, high=50.0),
-        _check_real("beta", beta, low=1.0, low_open=True, high=20.0),
+        check_real("sigma_px", sigma_px, low=0.0, low_open=True, high=50.0),
+        check_real("beta", beta, low=1.0, low_open=True, high=20.0),
         _check_int("iterations", iterations, low=1),
-        _check_real("stop_tol", stop_tol, low=0.0, high=1.0),
-        _check_real("regularisation", regularisation, low=0.0, high=0.1),
+        check_real("stop_tol", stop_tol, low=0.0, high=1.0),
+        check_real("regularisation", regularisation, low=0.0, high=0.1),
     )
 
 
@@ -887,8 +864,8 @@ def protect_highlights(
     True
     """
     img = _check_image(image)
-    ceiling = _check_real("ceiling", ceiling, low=0.0, low_open=True)
-    knee = _check_real("knee", knee, low=0.0)
+    ceiling = check_real("ceiling", ceiling, low=0.0, low_open=True)
+    knee = check_real("knee", knee, low=0.0)
     if knee >= ceiling:
         raise ValueError(f"knee must be below ceiling ({ceiling}); got {knee!r}")
     brightest = img if img.ndim == 2 else img.max(axis=2)
@@ -1024,8 +1001,8 @@ class GaussianLaplacianStep:
     amount: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_real("sigma_px", self.sigma_px, low=0.0, low_open=True, high=50.0)
-        _check_real("amount", self.amount, low=0.0, high=100.0)
+        check_real("sigma_px", self.sigma_px, low=0.0, low_open=True, high=50.0)
+        check_real("amount", self.amount, low=0.0, high=100.0)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Run the step on float32 ``(H, W[, C])`` data."""
@@ -1159,7 +1136,7 @@ def apply_chain(
             names = ", ".join(cls.__name__ for cls in STEP_TYPES)
             raise ValueError(f"steps[{i}] must be a sharpening step ({names}); got {step!r}")
     if highlight_knee is not None:
-        highlight_knee = _check_real("highlight_knee", highlight_knee, low=0.0)
+        highlight_knee = check_real("highlight_knee", highlight_knee, low=0.0)
         if highlight_knee >= 1.0:
             raise ValueError(f"highlight_knee must be below 1.0 or None; got {highlight_knee!r}")
     reach = sum(step.reach_px for step in steps)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from luckystack.core._validate import check_real
 from scipy import ndimage
 
 __all__ = [
@@ -105,20 +107,20 @@ class PlanetModel:
     colour: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        _check_real("radius_px", self.radius_px, low=0.5)
-        _check_real("oblateness", self.oblateness, low=0.0, high=0.5)
-        _check_real("limb_darkening", self.limb_darkening, low=0.0, high=1.0)
+        check_real("radius_px", self.radius_px, low=0.5)
+        check_real("oblateness", self.oblateness, low=0.0, high=0.5)
+        check_real("limb_darkening", self.limb_darkening, low=0.0, high=1.0)
         _check_count("bands", self.bands)
-        _check_real("band_contrast", self.band_contrast, low=0.0, high=1.0)
+        check_real("band_contrast", self.band_contrast, low=0.0, high=1.0)
         _check_count("spots", self.spots)
-        _check_real("brightness", self.brightness, low=0.0, high=1.0, low_open=True)
+        check_real("brightness", self.brightness, low=0.0, high=1.0, low_open=True)
         if self.colour is not None:
             if len(self.colour) != 3:
                 raise ValueError(
                     f"PlanetModel.colour must be None or 3 RGB multipliers; got {self.colour!r}"
                 )
             for value in self.colour:
-                _check_real("colour component", value, low=0.0, high=1.0)
+                check_real("colour component", value, low=0.0, high=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,28 +176,28 @@ class SeeingModel:
     exact_poisson: bool = False
 
     def __post_init__(self) -> None:
-        _check_real("jitter_px", self.jitter_px, low=0.0)
+        check_real("jitter_px", self.jitter_px, low=0.0)
         if len(self.drift_px_per_frame) != 2:
             raise ValueError(
                 "SeeingModel.drift_px_per_frame must be a (dy, dx) pair; "
                 f"got {self.drift_px_per_frame!r}"
             )
         for value in self.drift_px_per_frame:
-            _check_real("drift_px_per_frame component", value)
-        _check_real("sigma_min_px", self.sigma_min_px, low=0.0)
-        _check_real("sigma_max_px", self.sigma_max_px, low=0.0)
+            check_real("drift_px_per_frame component", value)
+        check_real("sigma_min_px", self.sigma_min_px, low=0.0)
+        check_real("sigma_max_px", self.sigma_max_px, low=0.0)
         if self.sigma_max_px < self.sigma_min_px:
             raise ValueError(
                 f"SeeingModel.sigma_max_px ({self.sigma_max_px}) must be >= "
                 f"sigma_min_px ({self.sigma_min_px})"
             )
-        _check_real("lucky_fraction", self.lucky_fraction, low=0.0, high=1.0)
-        _check_real("warp_px", self.warp_px, low=0.0)
-        _check_real("photons_at_white", self.photons_at_white, low=0.0, low_open=True)
-        _check_real("read_noise", self.read_noise, low=0.0)
-        _check_real("background", self.background, low=0.0, high=1.0)
-        _check_real("jitter_correlation", self.jitter_correlation, low=0.0, high=0.999)
-        _check_real("sigma_correlation", self.sigma_correlation, low=0.0, high=0.999)
+        check_real("lucky_fraction", self.lucky_fraction, low=0.0, high=1.0)
+        check_real("warp_px", self.warp_px, low=0.0)
+        check_real("photons_at_white", self.photons_at_white, low=0.0, low_open=True)
+        check_real("read_noise", self.read_noise, low=0.0)
+        check_real("background", self.background, low=0.0, high=1.0)
+        check_real("jitter_correlation", self.jitter_correlation, low=0.0, high=0.999)
+        check_real("sigma_correlation", self.sigma_correlation, low=0.0, high=0.999)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -299,28 +301,6 @@ class SimulatedSession:
 # --------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------
-
-
-def _check_real(
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> None:
-    """Raise ValueError unless ``value`` is a finite real within the bounds."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a real number; got {value!r}") from err
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    if low is not None and (number < low or (low_open and number == low)):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{name} must be {bound}; got {value!r}")
-    if high is not None and number > high:
-        raise ValueError(f"{name} must be <= {high}; got {value!r}")
 
 
 def _check_count(name: str, value: object, *, low: int = 0) -> None:
@@ -776,8 +756,8 @@ def random_warp_field(
         For a bad shape, negative ``rms_px`` or non-positive ``scale_px``.
     """
     rows, cols = _check_shape(shape)
-    _check_real("rms_px", rms_px, low=0.0)
-    _check_real("scale_px", scale_px, low=0.0, low_open=True)
+    check_real("rms_px", rms_px, low=0.0)
+    check_real("scale_px", scale_px, low=0.0, low_open=True)
     # white noise on a grid of scale/4 cells, Gaussian-filtered over 2 cells
     # (correlation ~ scale), then interpolated to the pixels
     cell = max(scale_px / 4.0, 1.0)
@@ -996,7 +976,7 @@ def simulate_frame(
     center = _frame_center((rows, cols)) if center_yx is None else center_yx
     cy, cx = _check_point("center_yx", center)
     sy, sx = _check_point("shift_yx", shift_yx)
-    _check_real("sigma_px", sigma_px, low=0.0)
+    check_real("sigma_px", sigma_px, low=0.0)
     if warp_field is not None:
         warp_field = np.asarray(warp_field, np.float32)
         if warp_field.shape != (2, rows, cols):
