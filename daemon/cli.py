@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# OpenCV reads its decoder size limit once, when cv2 is imported (by the
+# imports below): refuse what read_frame's header checks would refuse, as a
+# second line of defence against decompression bombs. A user's setting wins.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "100000000")  # frames.MAX_PIXELS
 
 from loguru import logger
 
@@ -92,9 +98,12 @@ def _output_dir(args: argparse.Namespace, settings: Settings, input_path: Path) 
     return default_output_dir(input_path)
 
 
-def frame_loader(settings: Settings) -> FrameLoader:
-    """A :class:`FrameLoader` configured by ``[input]``."""
-    return FrameLoader(settings.input.bayer_pattern, settings.input.debayer_method)
+def frame_loader(settings: Settings, root: Path | None = None) -> FrameLoader:
+    """A :class:`FrameLoader` configured by ``[input]``; confined to ``root``
+    unless ``[watch] follow_symlinks``."""
+    confine = None if settings.watch.follow_symlinks else root
+    return FrameLoader(settings.input.bayer_pattern, settings.input.debayer_method,
+                       confine_to=confine)
 
 
 def run_all(input_path: Path, output_dir: Path, settings: Settings, *, stream=None) -> list[Session]:
@@ -105,10 +114,10 @@ def run_all(input_path: Path, output_dir: Path, settings: Settings, *, stream=No
     its own ``output_dir/<stem>``. One file: into ``output_dir`` itself (a SER
     video frame by frame). Frames already in a session's CSV are skipped.
     """
-    from luckystack.daemon.watcher import list_existing_frames
+    from luckystack.daemon.watcher import list_existing_frames, list_unusable_entries, natural_key
 
     input_path = Path(input_path)
-    loader = frame_loader(settings)
+    loader = frame_loader(settings, input_path if input_path.is_dir() else None)
     params = pipeline_params(settings)
     wc = settings.output.write_comparison
     sessions: list[Session] = []
@@ -124,11 +133,17 @@ def run_all(input_path: Path, output_dir: Path, settings: Settings, *, stream=No
             return [session]
         if not input_path.is_dir():
             raise FileNotFoundError(f"input folder not found: {input_path}")
+        w = settings.watch
         found = list_existing_frames(
-            input_path, recursive=settings.watch.recursive, suffixes=settings.watch.suffixes
+            input_path, recursive=w.recursive, suffixes=w.suffixes,
+            follow_symlinks=w.follow_symlinks,
         )
         sers = [f for f in found if is_ser(f)]
-        files = [f for f in found if not is_ser(f)]
+        # Entries named like frames that are no usable file get their row too, as in `watch`.
+        unusable = list_unusable_entries(input_path, recursive=w.recursive, suffixes=w.suffixes,
+                                         follow_symlinks=w.follow_symlinks)
+        files = sorted([f for f in found if not is_ser(f)] + unusable,
+                       key=lambda p: natural_key(p.relative_to(input_path)))
         if files or not sers:
             session = Session(params, input_path, output_dir, write_comparison=wc, loader=loader)
             _run_files(session, files, stream)

@@ -2,9 +2,17 @@
 
 Outputs are never half-written: images are encoded in memory, written to a
 hidden temporary file in the same folder, fsynced and moved into place with
-``os.replace``. The CSV is appended one row at a time and flushed after each
-row, so a kill loses at most the row being written; a torn last line is cut
-off when the file is opened again.
+``os.replace``; a temporary file left by a kill is removed when the session
+is opened again (:func:`remove_stale_temps`). The CSV is appended one row at
+a time with one ``write`` each, so a kill loses at most the row being
+written; a torn last line is cut off when the file is opened again.
+
+When an append fails (disk full, read-only file system) the row is kept in
+memory, in order, and appended with the next row or the next
+:meth:`CropLog.flush_pending`; a partly written row is cut off first, so a
+row is never lost, torn or written twice while the process lives. Rows still
+pending when the process dies are not in the CSV, so their frames are
+processed again after a restart: still exactly one row each.
 """
 
 from __future__ import annotations
@@ -13,14 +21,20 @@ import csv
 import io
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from glob import escape as glob_escape
 from pathlib import Path
+
 import cv2
 import numpy as np
 
 from luckystack.core.frame import to_uint16
 
-__all__ = ["CropRecord", "CropLog", "atomic_write_bytes", "write_png16", "encode_png16"]
+__all__ = [
+    "CropRecord", "CropLog", "atomic_write_bytes", "write_png16", "encode_png16",
+    "remove_stale_temps",
+]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -39,6 +53,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Remove temporary files :func:`atomic_write_bytes` left for ``names``
+    (a process killed between creating and renaming them); returns them."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob_escape(name)}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:  # gone already, or a read-only folder: next time
+                pass
+    return removed
 
 
 def encode_png16(image: np.ndarray) -> bytes:
@@ -92,8 +120,11 @@ class CropRecord:
         return [f.name for f in fields(cls)]
 
     def row(self) -> list[str]:
+        # getattr, not dataclasses.asdict: that deep-copies every field (a
+        # measurable share of the per-frame time on tiny frames)
+        values = (getattr(self, f.name) for f in _FIELDS)
         return ["" if v is None else (repr(v) if isinstance(v, float) else str(v))
-                for v in asdict(self).values()]
+                for v in values]
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> CropRecord:
@@ -112,26 +143,45 @@ class CropRecord:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
+_FIELDS = fields(CropRecord)
+
+
 class CropLog:
     """The append-only crop CSV.
 
     Opening an existing log checks its header, cuts off a torn last line
     (left by a kill mid-write) and returns the records, which tell a
     restarted daemon which frames were already processed. Appended records
-    are not kept in memory: a night of frames must not grow the process.
+    are not kept in memory: a night of frames must not grow the process
+    (except rows waiting for a failed append to succeed, see the module).
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rows_written = 0
-        self._fh: io.TextIOWrapper | None = None
-        self._writer: csv.writer | None = None  # type: ignore[valid-type]
+        self.last_error: OSError | None = None
+        self._fd: int | None = None
+        self._size = 0  # bytes of complete rows in the file
+        self._pending: list[bytes] = []
+
+    @staticmethod
+    def _encode(values: list[str]) -> bytes:
+        buf = io.StringIO()
+        csv.writer(buf).writerow(values)
+        return buf.getvalue().encode("utf-8")
 
     def open(self) -> list[CropRecord]:
-        """Open for appending; return the records already in the file."""
+        """Open for appending; return the records already in the file.
+
+        Raises OSError if the file cannot be opened or read, ValueError if it
+        is not a crop CSV. A header that cannot be written yet (disk full)
+        waits in memory like a row.
+        """
         header = CropRecord.header()
+        records: list[CropRecord] = []
         if self.path.exists() and self.path.stat().st_size > 0:
             self._repair_torn_tail()
+        if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open("r", newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames != header:
@@ -140,14 +190,13 @@ class CropLog:
                         "move it away or choose another output folder"
                     )
                 records = [CropRecord.from_row(r) for r in reader]
-            self._fh = self.path.open("a", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._fh)
-        else:
-            self._fh = self.path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._fh)
-            self._writer.writerow(header)
-            self._fh.flush()
-            records = []
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:  # new, or only a torn header (killed while creating it)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+                               | os.O_CLOEXEC, 0o644)
+            self._pending = [self._encode(header)]
+        self._size = os.fstat(self._fd).st_size
+        self.flush_pending()
         return records
 
     def _repair_torn_tail(self) -> None:
@@ -157,22 +206,66 @@ class CropLog:
                 cut = data.rfind(b"\n") + 1
                 fh.truncate(cut)
 
-    def append(self, record: CropRecord) -> None:
-        """Append one row and flush it to the OS."""
-        if self._writer is None or self._fh is None:
+    @property
+    def pending(self) -> int:
+        """Rows (the header included) waiting for a failed append to succeed."""
+        return len(self._pending)
+
+    def append(self, record: CropRecord) -> bool:
+        """Append one row (after any pending ones); False if it had to wait.
+
+        Never raises OSError: a failed append keeps the row in memory (see
+        :attr:`pending`, :attr:`last_error`) and it is written, in order,
+        with the next successful append or :meth:`flush_pending`.
+        """
+        if self._fd is None:
             raise RuntimeError("CropLog is not open")
-        self._writer.writerow(record.row())
-        self._fh.flush()
-        self.rows_written += 1
+        self._pending.append(self._encode(record.row()))
+        return self.flush_pending()
+
+    def flush_pending(self) -> bool:
+        """Append the rows waiting in memory; True when none is left."""
+        if self._fd is None or not self._pending:
+            return not self._pending
+        data = b"".join(self._pending)
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
+        except OSError as err:
+            self.last_error = err
+            if done:  # cut the partly written rows off again: no torn or duplicated row
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    pass
+            return False
+        self._size += len(data)
+        self.rows_written += len(self._pending)
+        self._pending.clear()
+        self.last_error = None
+        return True
 
     def sync(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+        """Append pending rows and fsync; raises OSError if either fails."""
+        if self._fd is None:
+            return
+        if not self.flush_pending():
+            assert self.last_error is not None
+            raise self.last_error
+        os.fsync(self._fd)
 
-    def close(self) -> None:
-        if self._fh is not None:
-            self.sync()
-            self._fh.close()
-            self._fh = None
-            self._writer = None
+    def close(self) -> int:
+        """Append what is pending, fsync and close; returns the rows that could not be written."""
+        if self._fd is None:
+            return 0
+        self.flush_pending()
+        lost = len(self._pending)
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        self._pending.clear()
+        return lost

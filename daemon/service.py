@@ -19,10 +19,19 @@ CSV. A SER is no longer followed once its header is final (the capture
 program closed it) and nothing came for ``ser_finish_s``, or nothing came
 for ``[watch] timeout_s``; its session is then written and closed. Another
 write to the file starts following it again.
+
+Faults never stop the worker (see README, *Reliability*): a bad frame is a
+CSV row with its reason; entries named like frames that are no usable file
+(a directory, a FIFO, a symlink out of the capture folder, a file gone before
+it was read) get a row too; an output folder that cannot be opened is waited
+for; failed output writes and CSV appends are retried with back-off; an
+unexpected error is logged with its traceback, and the capture folder is
+listed again so that no frame is left behind.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import signal
@@ -40,12 +49,28 @@ from luckystack.daemon.notify import SystemdNotifier
 from luckystack.core.errors import FrameError
 from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
 from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key, prefetch
-from luckystack.daemon.watcher import FolderWatcher, list_existing_frames, natural_key
+from luckystack.daemon.watcher import (
+    REASON_DIRECTORY,
+    REASON_EMPTY,
+    REASON_NOT_REGULAR,
+    REASON_SYMLINK_OUTSIDE,
+    REASON_VANISHED,
+    FolderWatcher,
+    list_existing_frames,
+    list_unusable_entries,
+    natural_key,
+)
 
 __all__ = ["Daemon", "run_watch"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+
+#: Watcher reasons for which the worker still writes a CSV row (it finds the
+#: precise reason itself when it reads the path: the file may have changed).
+_RECORDED_IGNORES = frozenset({
+    REASON_DIRECTORY, REASON_EMPTY, REASON_NOT_REGULAR, REASON_SYMLINK_OUTSIDE, REASON_VANISHED,
+})
 
 
 @dataclass
@@ -57,6 +82,7 @@ class _SerState:
     next_index: int
     last_activity: float
     session: Session | None = None
+    retry_at: float = 0.0  # its output folder could not be opened: not before this
 
 
 def _add_stats(total: SessionStats, s: SessionStats) -> None:
@@ -94,6 +120,9 @@ class Daemon:
         A SER whose header is final is let go after this long without news.
     ser_chunk : int
         Frames of SER backlog processed before the queue is looked at again.
+    open_retry_max_s : float
+        An output folder that cannot be opened is tried again after 0.5 s,
+        doubling up to this.
     """
 
     def __init__(
@@ -110,6 +139,7 @@ class Daemon:
         ser_poll_s: float = 0.05,
         ser_finish_s: float = 1.0,
         ser_chunk: int = 32,
+        open_retry_max_s: float = 5.0,
     ) -> None:
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
@@ -122,6 +152,7 @@ class Daemon:
         self.ser_poll_s = ser_poll_s
         self.ser_finish_s = ser_finish_s
         self.ser_chunk = ser_chunk
+        self.open_retry_max_s = open_retry_max_s
         self.flags = _Flags()
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=settings.watch.queue_size)
         self.session: Session | None = None
@@ -138,6 +169,7 @@ class Daemon:
         self.sers: dict[Path, _SerState] = {}
         self._ser_skip: dict[Path, int] = {}
         self._ser_backlog = False
+        self._existing_left: list[Path] = []  # listed frames waiting for room in the queue
         self._retired = SessionStats()
         self.ser_outputs: list[Path] = []  # every SER session output folder, in order
 
@@ -149,21 +181,35 @@ class Daemon:
         self.flags.reload.set()
 
     # -- watcher side ------------------------------------------------------------
-    def _enqueue(self, path: Path) -> None:
-        """Called on the observer thread: cheap, blocks only if the queue is full."""
+    def _enqueue(self, path: Path, block: bool = True) -> bool:
+        """Called on the observer thread: cheap, blocks only if the queue is full.
+
+        The worker itself passes ``block=False`` (it would wait for itself):
+        False is returned when the queue is full.
+        """
         key = str(path)
         with self._queued_lock:
             if key in self._queued:
-                return
+                return True
             self._queued.add(key)
         while not self.flags.stop.is_set():
             try:
-                self.queue.put(path, timeout=0.5)
-                return
+                self.queue.put(path, timeout=0.5) if block else self.queue.put_nowait(path)
+                return True
             except queue.Full:
-                continue
+                if block:
+                    continue
+                break
+        with self._queued_lock:
+            self._queued.discard(key)
+        return False
 
     def _on_ignored(self, path: Path, reason: str) -> None:
+        if reason in _RECORDED_IGNORES and not is_ser(path):
+            # Named like a frame: the worker records it with its reason.
+            logger.bind(frame=path.name).debug("watcher: {}; recording it", reason)
+            self._enqueue(path)
+            return
         logger.bind(frame=path.name).info("ignored: {}", reason)
 
     def _start_watching(self) -> None:
@@ -189,6 +235,12 @@ class Daemon:
             self.watcher = None
 
     def _enqueue_existing(self) -> int:
+        """Queue the frames in the folder that have no row yet; returns how many.
+
+        Runs on the worker: what does not fit in the queue is kept in a list
+        and queued once the queue has drained to half (a folder may hold far
+        more frames than ``[watch] queue_size``).
+        """
         assert self.session is not None
         w = self.settings.watch
         frames = list_existing_frames(
@@ -196,9 +248,20 @@ class Daemon:
             follow_symlinks=w.follow_symlinks,
         )
         todo = [f for f in frames if is_ser(f) or not self.session.is_done(f)]
-        for f in todo:
-            self._enqueue(f)
+        todo += [f for f in list_unusable_entries(
+            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
+            follow_symlinks=w.follow_symlinks,
+        ) if not self.session.is_done(f)]
+        self._existing_left = [self._abs(f) for f in todo]  # the watcher's paths are absolute
+        self._feed_existing()
         return len(todo)
+
+    def _feed_existing(self) -> None:
+        left = self._existing_left
+        i = 0
+        while i < len(left) and self._enqueue(left[i], block=False):
+            i += 1
+        self._existing_left = left[i:]
 
     def _skip_existing_sers(self) -> None:
         """``existing = "none"``: frames already in a SER at start are not processed."""
@@ -210,9 +273,11 @@ class Daemon:
                 self.loader.forget(f)
 
     # -- session -------------------------------------------------------------------
-    @staticmethod
-    def _make_loader(settings: Settings) -> FrameLoader:
-        return FrameLoader(settings.input.bayer_pattern, settings.input.debayer_method)
+    def _make_loader(self, settings: Settings) -> FrameLoader:
+        return FrameLoader(
+            settings.input.bayer_pattern, settings.input.debayer_method,
+            confine_to=None if settings.watch.follow_symlinks else self._abs(self.input_dir),
+        )
 
     @staticmethod
     def _abs(path: Path) -> Path:
@@ -228,14 +293,45 @@ class Daemon:
             session.write_outputs()
         return session
 
-    def _open_session(self) -> None:
-        self.session = self._new_session(self.output_dir)
+    def _open_session(self) -> bool:
+        """Open the folder's session, waiting while its output folder is unusable.
+
+        A folder that cannot be created or a CSV that cannot be opened (a path
+        component is a file, permissions, a read-only or full file system) is
+        logged and tried again (0.5 s doubling up to ``open_retry_max_s``).
+        Returns False if a stop was requested while waiting.
+        """
+        failures = 0
+        while True:
+            try:
+                self.session = self._new_session(self.output_dir)
+            except OSError as err:
+                failures += 1
+                if failures == 1:
+                    logger.error("cannot open the output folder {}: {}; retrying until it works",
+                                 self.output_dir, err)
+                    self.notifier.status(f"waiting for the output folder: {err}")
+                else:
+                    logger.debug("output folder still unusable ({} attempts): {}", failures, err)
+                delay = min(self.open_retry_max_s, 0.5 * 2 ** (failures - 1))
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    if self.flags.stop.is_set():
+                        return False
+                    self._housekeeping()
+                    self.flags.stop.wait(min(0.25, max(0.0, deadline - time.monotonic())))
+                continue
+            if failures:
+                logger.info("output folder {} is usable again", self.output_dir)
+            return True
 
     def _close_session(self) -> None:
         """Write and close every session (the folder's and the SER ones)."""
         self._write(force=True)
         if self.session is not None:
             self.session.close()
+            _add_stats(self._retired, self.session.stats)
+            self.session = None
         for st in self.sers.values():
             if st.session is not None:
                 _add_stats(self._retired, st.session.stats)
@@ -258,7 +354,9 @@ class Daemon:
     # -- main loop -------------------------------------------------------------------
     def run(self) -> int:
         """Watch until stopped; returns the process exit code."""
-        self._open_session()
+        if not self._open_session():
+            logger.info("stopped before the output folder could be opened")
+            return EXIT_OK
         try:
             self._start_watching()
         except (FileNotFoundError, NotADirectoryError) as err:
@@ -289,52 +387,89 @@ class Daemon:
 
     def _loop(self) -> int:
         while not self.flags.stop.is_set():
-            self._housekeeping()
-            if self.flags.reload.is_set():
-                self.flags.reload.clear()
-                self._reload()
-            if self.watcher is not None and not self.watcher.alive():
-                code = self._folder_lost()
-                if code is not None:
-                    return code
-                continue
-            if self._ser_backlog:
-                wait = 0.0
-            elif self.sers:
-                wait = self.ser_poll_s
-            else:
-                wait = self.idle_tick_s
             try:
-                first = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                first = None
-            if first is not None:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self.queue.get_nowait())
-                    except queue.Empty:
-                        break
-                batch.sort(key=natural_key)
-                for path in batch:
-                    if is_ser(path):
-                        self._follow_ser(path)
-                files = self._claim([p for p in batch if not is_ser(p)])
-                frames = prefetch(self.session.loader.load, files)
+                code = self._step()
+            except Exception:
+                # A bug must not end a night's session: log it, then list the
+                # folder again so frames taken off the queue are not left behind.
+                logger.exception("unexpected error in the worker; carrying on")
+                self.flags.stop.wait(1.0)
                 try:
-                    for i, (path, loaded) in enumerate(frames):
-                        if self.flags.stop.is_set():
-                            break  # the rest stays unprocessed (not in the CSV): found on restart
-                        self._log_record(self.session.process(path, loaded))
-                        self._after_frame(i + 1 < len(files) or not self.queue.empty())
-                        self._housekeeping()
-                finally:
-                    frames.close()
-            if self.sers and not self.flags.stop.is_set():
-                self._ser_backlog = self._poll_sers()
-            if not self._ser_backlog and self.queue.empty():
-                self._write()
+                    if self.session is not None and self.watcher is not None:
+                        self._enqueue_existing()
+                except Exception:
+                    logger.exception("cannot list the capture folder again")
+                continue
+            if code is not None:
+                return code
         return EXIT_OK
+
+    def _step(self) -> int | None:
+        """One turn of the worker loop; an exit code to stop with, else None."""
+        self._housekeeping()
+        if self.flags.reload.is_set():
+            self.flags.reload.clear()
+            self._reload()
+            return None
+        if self.session is None:  # stopped while waiting for the output folder
+            return None
+        if self.watcher is not None and not self.watcher.alive():
+            return self._folder_lost()
+        if self._existing_left and self.queue.qsize() <= self.queue.maxsize // 2:
+            self._feed_existing()
+        if self._ser_backlog:
+            wait = 0.0
+        elif self.sers:
+            wait = self.ser_poll_s
+        else:
+            wait = self.idle_tick_s
+        try:
+            first = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            first = None
+        if first is not None:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch.sort(key=natural_key)
+            if self._existing_left:
+                batch = self._defer_after_backlog(batch)
+            for path in batch:
+                if is_ser(path):
+                    self._follow_ser(path)
+            files = self._claim([p for p in batch if not is_ser(p)])
+            frames = prefetch(self.session.loader.load, files)
+            try:
+                for i, (path, loaded) in enumerate(frames):
+                    if self.flags.stop.is_set():
+                        break  # the rest stays unprocessed (not in the CSV): found on restart
+                    self._log_record(self.session.process(path, loaded))
+                    self._after_frame(i + 1 < len(files) or not self.queue.empty())
+                    self._housekeeping()
+            finally:
+                frames.close()
+        if self.sers and not self.flags.stop.is_set():
+            self._ser_backlog = self._poll_sers()
+        if not self._ser_backlog and self.queue.empty():
+            self._write()
+        return None
+
+    def _defer_after_backlog(self, batch: list[Path]) -> list[Path]:
+        """While listed frames wait for room in the queue, frames arriving live
+        that sort after them wait behind them: natural order, as in ``run``."""
+        first = natural_key(self._existing_left[0])
+        keep = []
+        for path in batch:
+            if is_ser(path) or natural_key(path) <= first:
+                keep.append(path)
+                continue
+            with self._queued_lock:
+                self._queued.discard(str(path))
+            bisect.insort(self._existing_left, path, key=natural_key)
+        return keep
 
     def _after_frame(self, more_waiting: bool) -> None:
         """Write the outputs after a frame, or count the write as coalesced."""
@@ -407,7 +542,23 @@ class Daemon:
             n = self.loader.ser_available(key)
             if n > st.next_index:
                 st.last_activity = now
-                session = st.session or self._open_ser_session(st)
+                if st.session is None:
+                    if now < st.retry_at:
+                        continue
+                    try:
+                        self._open_ser_session(st)
+                    except OSError as err:
+                        if not st.retry_at:
+                            logger.bind(frame=st.path.name).error(
+                                "cannot open the output folder {}: {}; retrying until it works",
+                                st.output_dir, err)
+                        st.retry_at = now + self.open_retry_max_s
+                        continue
+                    if st.retry_at:
+                        logger.info("output folder {} is usable again", st.output_dir)
+                        st.retry_at = 0.0
+                session = st.session
+                assert session is not None
                 while st.next_index < n and budget > 0 and not self.flags.stop.is_set():
                     ref = FrameRef(key, st.next_index)
                     st.next_index += 1
@@ -452,7 +603,7 @@ class Daemon:
         for session in self.sessions():
             if not (session.dirty or force):
                 continue
-            if session.write_outputs():
+            if session.write_outputs(force=force):
                 wrote = True
         if wrote:
             self._last_write = time.monotonic()
@@ -498,13 +649,15 @@ class Daemon:
             configure_logging(level=new.logging.level, json_file=new.logging.json_file,
                               rotation=new.logging.rotation, retention=new.logging.retention)
         if (pipeline_params(new) != pipeline_params(old) or new.output != old.output
-                or new.input != old.input):
+                or new.input != old.input
+                or new.watch.follow_symlinks != old.watch.follow_symlinks):
             # A new session resumes from the CSV, so the stack carries on
             # (SER sessions are reopened when their next frame comes).
             self._close_session()
             self.loader.close()
             self.loader = self._make_loader(new)
-            self._open_session()
+            if not self._open_session():
+                return
         if new.watch != old.watch:
             self._stop_watching()
             self._start_watching()
@@ -517,9 +670,11 @@ class Daemon:
         """The capture folder vanished or the observer died."""
         self._write(force=True)
         if self.settings.watch.on_folder_lost == "exit":
-            logger.error("capture folder {} is gone; exiting", self.input_dir)
+            logger.error("capture folder {} is gone; exiting ([watch] on_folder_lost = \"exit\")",
+                         self.input_dir)
             return EXIT_FAILURE
-        logger.warning("capture folder {} is gone; waiting for it to return", self.input_dir)
+        logger.warning("capture folder {} is gone; waiting for it to return "
+                       "([watch] on_folder_lost = \"wait\")", self.input_dir)
         self._stop_watching()
         while not self.flags.stop.is_set():
             self._housekeeping()

@@ -8,6 +8,9 @@ identical frames therefore give identical images.
 
 from __future__ import annotations
 
+import os
+import stat as stat_mod
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +21,14 @@ from loguru import logger
 from luckystack.core.crop import CropBox
 from luckystack.core.errors import FrameError
 from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams
-from luckystack.daemon.outputs import CropLog, CropRecord, encode_png16, atomic_write_bytes
+from luckystack.daemon.frames import is_transient_reason
+from luckystack.daemon.outputs import (
+    CropLog,
+    CropRecord,
+    atomic_write_bytes,
+    encode_png16,
+    remove_stale_temps,
+)
 from luckystack.daemon.sources import (
     FrameLoader,
     FrameRef,
@@ -126,6 +136,10 @@ class Session:
     output_inside_ok : bool
         Allow ``output_dir`` inside ``input_root`` (``run FILE``: the input is
         one file, not a watched folder).
+    retry_min_s, retry_max_s : float
+        After a failed output write, the next attempt waits ``retry_min_s``,
+        doubling up to ``retry_max_s`` (a full disk is not hammered, nor the
+        log flooded); the first write after recovery is logged.
     """
 
     def __init__(
@@ -137,6 +151,8 @@ class Session:
         write_comparison: bool = True,
         loader: FrameLoader | None = None,
         output_inside_ok: bool = False,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 5.0,
     ) -> None:
         self.params = params
         self.input_root = Path(input_root).resolve()
@@ -154,21 +170,39 @@ class Session:
         self.log = CropLog(self.output_dir / OUTPUT_NAMES["csv"])
         self.stats = SessionStats()
         self._done: set[str] = set()
+        self._retry: set[str] = set()  # keys whose last row has a transient reason
         self._dirty = False
         self._next_index = 0
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self._failures = 0  # consecutive failed output writes
+        self._retry_at = 0.0
+        self._csv_waiting_logged = False
 
     # -- life cycle ------------------------------------------------------------
     def open(self) -> None:
         """Create the output folder, open the CSV and resume a previous run."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(self.output_dir, OUTPUT_NAMES.values())
+        if stale:
+            logger.info("removed {} temporary output file(s) left by an interrupted write",
+                        len(stale))
         records = self.log.open()
         self._done = {r.file for r in records}
+        last_reason = {r.file: r.reason for r in records}
+        self._retry = {k for k, reason in last_reason.items() if is_transient_reason(reason)}
         self._next_index = (records[-1].index + 1) if records else 0
         if records:
             self._resume(records)
 
     def close(self) -> None:
-        self.log.close()
+        lost = self.log.close()
+        if lost:
+            logger.error(
+                "{} crop CSV row(s) could not be written to {} ({}); those frames are not "
+                "in the CSV and will be processed again on restart",
+                lost, self.log.path, self.log.last_error,
+            )
         if self._own_loader:
             self.loader.close()
 
@@ -186,7 +220,23 @@ class Session:
         return frame_key(as_ref(item), self.input_root)
 
     def is_done(self, item: FrameRef | Path) -> bool:
-        return self.key(item) in self._done
+        """True if the frame has its row already (this run or in the CSV).
+
+        A file whose row says it was empty or had vanished counts as done
+        only while that is still so: a non-empty version of it is a frame
+        that has not been processed yet.
+        """
+        key = self.key(item)
+        if key not in self._done:
+            return False
+        if key in self._retry:
+            ref = as_ref(item)
+            try:
+                st = os.stat(ref.path)
+            except OSError:
+                return True
+            return not (stat_mod.S_ISREG(st.st_mode) and st.st_size > 0)
+        return True
 
     def next_index(self, ser_path: Path) -> int:
         """The first frame of ``ser_path`` after the last one in the CSV (0 if none)."""
@@ -198,20 +248,23 @@ class Session:
         return last + 1
 
     def process(
-        self, item: FrameRef | Path, loaded: LoadedFrame | FrameError | None = None
+        self, item: FrameRef | Path, loaded: LoadedFrame | Exception | None = None
     ) -> CropRecord:
         """Run one frame (a file, or a frame of a SER video) through the
         pipeline and append its CSV row.
 
         ``loaded`` is the frame already decoded by :func:`prefetch` (or the
         error its decoding raised); by default the frame is loaded here.
-        Never raises for a bad frame: it is recorded as rejected with a reason.
+        Never raises for a bad frame, nor for an unexpected error while
+        loading or stacking it (logged with its traceback): the frame is
+        recorded as rejected with a reason. A row that cannot be appended
+        (disk full) waits in memory, see :class:`CropLog`.
         """
         ref = as_ref(item)
         key = self.key(ref)
         when = datetime.now(timezone.utc)
         try:
-            if isinstance(loaded, FrameError):
+            if isinstance(loaded, Exception):
                 raise loaded
             if loaded is None:
                 loaded = self.loader.load(ref)
@@ -219,9 +272,17 @@ class Session:
             outcome = self.stacker.add(loaded.frame)
         except FrameError as err:
             outcome = FrameOutcome(accepted=False, reason=str(err))
+        except Exception as err:  # a bug or resource error: never let one frame stop the session
+            logger.bind(frame=key).opt(exception=err).error("unexpected error on this frame")
+            outcome = FrameOutcome(accepted=False, reason=f"internal error: "
+                                   f"{type(err).__name__}: {err}")
         record = self._record(key, when, outcome)
-        self.log.append(record)
+        self._append(record)
         self._done.add(key)
+        if is_transient_reason(record.reason):
+            self._retry.add(key)
+        else:
+            self._retry.discard(key)
         self.stats.processed += 1
         if outcome.accepted:
             self.stats.accepted += 1
@@ -298,7 +359,8 @@ class Session:
     # -- outputs ---------------------------------------------------------------
     @property
     def dirty(self) -> bool:
-        return self._dirty
+        """True while something is not on disk yet: new images, or CSV rows waiting."""
+        return self._dirty or self.log.pending > 0
 
     def render(self) -> dict[str, np.ndarray]:
         """The current output images (working data), without writing them."""
@@ -312,24 +374,57 @@ class Session:
             out["comparison"] = _side_by_side(self.stacker.sharpen(first), sharpened)
         return out
 
-    def write_outputs(self) -> bool:
+    def _append(self, record: CropRecord) -> None:
+        if self.log.append(record):
+            if self._csv_waiting_logged:
+                logger.info("crop CSV appends work again: every waiting row is written")
+                self._csv_waiting_logged = False
+        elif not self._csv_waiting_logged:
+            logger.error("cannot append to {}: {}; rows wait in memory and are appended, in "
+                         "order, once it works again", self.log.path, self.log.last_error)
+            self._csv_waiting_logged = True
+
+    def write_outputs(self, *, force: bool = False) -> bool:
         """Replace the output images atomically if anything changed.
 
-        Returns True when written. An OSError (disk full, permissions) is
-        logged and counted; the images on disk stay the previous complete
-        ones, and the next call tries again.
+        Also appends CSV rows waiting after a failed append. Returns True
+        when images were written. An error (disk full, permissions, a
+        read-only file system) is logged and counted; the images on disk stay
+        the previous complete ones. After a failure the next attempt waits
+        (``retry_min_s`` doubling up to ``retry_max_s``) unless ``force``;
+        consecutive failures are logged once, the recovery too.
         """
+        now = time.monotonic()
+        if not force and self._failures and now < self._retry_at:
+            return False
+        if self.log.pending:
+            if self.log.flush_pending() and self._csv_waiting_logged:
+                logger.info("crop CSV appends work again: every waiting row is written")
+                self._csv_waiting_logged = False
         if not self._dirty:
             return False
-        images = self.render()
         try:
+            images = self.render()
             for name, image in images.items():
                 atomic_write_bytes(self.output_dir / OUTPUT_NAMES[name], encode_png16(image))
             self.log.sync()
-        except OSError as err:
+        except Exception as err:
             self.stats.write_failures += 1
-            logger.error("cannot write outputs to {}: {}", self.output_dir, err)
+            self._failures += 1
+            delay = min(self.retry_max_s, self.retry_min_s * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+            if self._failures == 1:
+                logger.opt(exception=None if isinstance(err, OSError) else err).error(
+                    "cannot write outputs to {}: {}; the previous images stay, retrying "
+                    "(every {:g} s at most)", self.output_dir, err, self.retry_max_s)
+            else:
+                logger.debug("outputs still not written ({} attempts): {}", self._failures, err)
             return False
+        if self._failures:
+            logger.info("outputs written again after {} failed attempt(s)", self._failures)
+            self._failures = 0
+            # a temporary file a failed write could not even remove (read-only file system)
+            remove_stale_temps(self.output_dir, OUTPUT_NAMES.values())
         self._dirty = False
         self.stats.writes += 1
         return True

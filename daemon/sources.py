@@ -77,10 +77,14 @@ def as_ref(item: FrameRef | str | os.PathLike[str]) -> FrameRef:
 
 def frame_key(ref: FrameRef, root: Path) -> str:
     """The CSV name of ``ref``: relative to ``root`` (else the bare name), ``#i`` for SER."""
+    # The directories are resolved (the capture folder may be reached through
+    # a symlink), the file's own name is kept: a followed symlink is listed
+    # under its name in the capture folder, not its target's.
+    path = Path(ref.path)
     try:
-        name = ref.path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        name = ref.path.name
+        name = (path.parent.resolve() / path.name).relative_to(root).as_posix()
+    except (ValueError, OSError, RuntimeError):
+        name = path.name
     return name if ref.index is None else f"{name}#{ref.index}"
 
 
@@ -118,6 +122,10 @@ class FrameLoader:
         never demosaics; a pattern demosaics every 2-D frame with it.
     debayer_method : {"bilinear", "ea", "vng"}
         ``"vng"`` supports 8-bit data only; 16-bit data uses ``"ea"``.
+    confine_to : Path, optional
+        A frame file that resolves outside this folder (a symlink pointing
+        out of the capture folder) is refused, not read (``[watch]
+        follow_symlinks = false``).
     """
 
     def __init__(
@@ -126,10 +134,12 @@ class FrameLoader:
         debayer_method: str = "bilinear",
         *,
         max_open: int = 16,
+        confine_to: Path | None = None,
     ) -> None:
         self.bayer_pattern = bayer_pattern
         self.debayer_method = debayer_method
         self.max_open = max_open
+        self.confine_to = confine_to
         self._readers: OrderedDict[Path, SerReader] = OrderedDict()
         self._vng_warned = False
 
@@ -225,10 +235,31 @@ class FrameLoader:
         else:
             if is_ser(ref.path):
                 raise FrameError(f"{ref.path.name}: a SER video needs a frame index")
+            if self.confine_to is not None:
+                self._check_confined(ref.path)
             ff = read_frame(ref.path)
             raw, white, declared, when = ff.image, ff.white_level, ff.bayer_pattern, ff.time
         image, white, pattern = self._demosaic(raw, white, declared)
         return LoadedFrame(normalise_frame(image, white_level=white), when, pattern)
+
+    def _check_confined(self, path: Path) -> None:
+        from luckystack.daemon.watcher import is_outside_root
+
+        path = Path(path)
+        if self.confine_to is None:
+            return
+        if path.parent == self.confine_to and not os.path.islink(path):
+            return  # the common case, one lstat: a plain file in the capture folder itself
+        if not is_outside_root(path, self.confine_to):
+            return
+        try:
+            target = os.path.realpath(path)
+        except (OSError, ValueError):
+            target = "?"
+        raise FrameError(
+            f"symlink to {target}, outside the capture folder: not followed "
+            "([watch] follow_symlinks = false)"
+        )
 
     def _demosaic(
         self, raw: np.ndarray, white: int | None, declared: str | None
@@ -258,7 +289,7 @@ def prefetch(
     items: Iterable[FrameRef | Path],
     *,
     depth: int = 3,
-) -> Iterator[tuple[FrameRef | Path, LoadedFrame | FrameError]]:
+) -> Iterator[tuple[FrameRef | Path, LoadedFrame | Exception]]:
     """Yield ``(item, loaded frame or FrameError)`` in order, decoding ahead.
 
     Up to ``depth`` frames are read and decoded on one background thread
@@ -266,7 +297,8 @@ def prefetch(
     the GIL while decoding, so both cores work. Use it for frame *files*
     only: SER frames share one open reader, which must stay on one thread.
     Closing the generator early waits for the (at most ``depth``) loads in
-    flight.
+    flight. Any exception a load raises (not only FrameError: a MemoryError,
+    an OpenCV error) is yielded in place of the frame, never raised here.
     """
     it = iter(items)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="luckystack-decode") as pool:
@@ -279,7 +311,8 @@ def prefetch(
             if nxt is not None:
                 pending.append((nxt, pool.submit(load, nxt)))
             try:
-                yield item, future.result()
-            except FrameError as err:
-                yield item, err
+                result: LoadedFrame | Exception = future.result()
+            except Exception as err:  # recorded as the frame's rejection reason
+                result = err
+            yield item, result
 

@@ -15,6 +15,11 @@ file is not complete when it is created (watchdog #586, #787), so:
   while they are written: ``created`` and ``modified`` call
   ``on_growing(path)`` at once (the caller reads the complete frames itself),
   and ``closed`` still calls ``on_frame``.
+* Entries that are complete when they appear and are never closed after a
+  write: a symlink or a hard link created in the folder (``created``) is a
+  candidate at once; a FIFO, socket or device with a frame name is reported
+  to ``on_ignored`` ("not a regular file"), and so is a directory with a frame
+  name when watching non-recursively ("directory").
 
 Hidden names, ``~`` names, partial/temporary names and unknown suffixes are
 filtered here in code (watchdog 7 changed pattern matching to
@@ -40,6 +45,8 @@ from types import TracebackType
 from typing import Self
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -63,7 +70,9 @@ __all__ = [
     "FrameEventHandler",
     "StabilityTracker",
     "is_frame_name",
+    "is_outside_root",
     "list_existing_frames",
+    "list_unusable_entries",
     "natural_key",
 ]
 
@@ -92,6 +101,7 @@ REASON_VANISHED = "vanished"
 REASON_EMPTY = "empty"
 REASON_NOT_REGULAR = "not a regular file"
 REASON_SYMLINK_OUTSIDE = "symlink outside root"
+REASON_DIRECTORY = "directory"
 REASON_TIMEOUT_EMPTY = "timeout: still empty"
 REASON_TIMEOUT_CHANGING = "timeout: still changing"
 REASON_TIMEOUT_UNREADABLE = "timeout: cannot stat"
@@ -156,6 +166,15 @@ def _outside_root(path: Path, root_resolved: Path) -> bool:
         return True
 
 
+def is_outside_root(path: Path, root: Path) -> bool:
+    """True if ``path`` (e.g. through a symlink) resolves outside the folder ``root``."""
+    try:
+        root_resolved = Path(root).resolve()
+    except (OSError, RuntimeError):
+        return True
+    return _outside_root(Path(path), root_resolved)
+
+
 def _in_hidden_dir(path: Path, root: Path) -> bool:
     try:
         rel = path.relative_to(root)
@@ -200,6 +219,53 @@ def list_existing_frames(
             if not path.is_file():
                 continue
             if not follow_symlinks and path.is_symlink() and _outside_root(path, root_resolved):
+                continue
+            found.append((natural_key(path.relative_to(folder)), path))
+    found.sort(key=lambda kp: kp[0])
+    return [p for _, p in found]
+
+
+def list_unusable_entries(
+    folder: Path,
+    *,
+    recursive: bool = False,
+    suffixes: Collection[str] = FRAME_SUFFIXES,
+    follow_symlinks: bool = False,
+) -> list[Path]:
+    """Entries of ``folder`` named like frames that are no usable frame file.
+
+    The complement of :func:`list_existing_frames` among frame names:
+    directories (only when not ``recursive``: recursively they are folders of
+    frames), FIFOs, sockets, devices, broken symlinks and, unless
+    ``follow_symlinks``, symlinks resolving outside ``folder``. The daemon
+    records each with its reason, so nothing named like a frame goes
+    unexplained. SER names are left out (a SER's rows are its frames').
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    suffixes = _normalize_suffixes(suffixes)
+    root_resolved = folder.resolve()
+    found: list[tuple[tuple, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(dirpath)
+        names = list(filenames)
+        if recursive:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        else:
+            names += dirnames
+            dirnames.clear()
+        for name in names:
+            if not is_frame_name(name, suffixes):
+                continue
+            if PurePath(name.lower()).suffix in GROWING_SUFFIXES:
+                continue
+            path = base / name
+            if path.is_file():
+                outside = path.is_symlink() and _outside_root(path, root_resolved)
+                if follow_symlinks or not outside:
+                    continue
+            elif recursive and path.is_dir():
                 continue
             found.append((natural_key(path.relative_to(folder)), path))
     found.sort(key=lambda kp: kp[0])
@@ -380,11 +446,17 @@ class FrameEventHandler(FileSystemEventHandler):
     ``moved`` (destination) and ``closed`` note the file in the tracker and
     :meth:`poll` reports it once it is stable.
 
-    Silently ignored: directory events, names rejected by :func:`is_frame_name`,
-    files inside hidden sub-directories of ``root``, an unchanged file closed
-    again. Reported to ``on_ignored(path, reason)``: a symlink resolving outside
-    ``root`` (unless ``follow_symlinks``), an empty or vanished file at close
-    time, a non-regular file, tracker drops (vanished, timeouts).
+    Silently ignored: directory events (unless ``report_directories``), names
+    rejected by :func:`is_frame_name`, files inside hidden sub-directories of
+    ``root``, an unchanged file closed again. Reported to ``on_ignored(path,
+    reason)``: a symlink resolving outside ``root`` (unless
+    ``follow_symlinks``), an empty or vanished file at close time, a
+    non-regular file, a directory named like a frame (``report_directories``),
+    tracker drops (vanished, timeouts).
+
+    Without ``tracker``, ``created`` also reports what is complete when it
+    appears and is never closed after a write: a symlink or hard link (as
+    a candidate), a FIFO/socket/device (ignored, "not a regular file").
 
     Unit-testable without an observer: ``handler.dispatch(FileClosedEvent(p))``.
     """
@@ -401,8 +473,10 @@ class FrameEventHandler(FileSystemEventHandler):
         tracker: StabilityTracker | None = None,
         on_growing: OnGrowing | None = None,
         growing_suffixes: Collection[str] = GROWING_SUFFIXES,
+        report_directories: bool = False,
     ) -> None:
         super().__init__()
+        self.report_directories = report_directories
         self.on_frame = on_frame
         self.on_growing = on_growing
         self.growing_suffixes = _normalize_suffixes(growing_suffixes)
@@ -429,12 +503,29 @@ class FrameEventHandler(FileSystemEventHandler):
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if event.dest_path:  # "" for a file moved out of the watch (full events)
-            self._candidate(event.dest_path, event.is_directory)
+            if event.is_directory:
+                self._directory(event.dest_path)
+            else:
+                self._candidate(event.dest_path, event.is_directory)
 
     def on_created(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self._directory(event.src_path)
+            return
         self._growing(event.src_path, event.is_directory)
         if self.tracker is not None:
             self._candidate(event.src_path, event.is_directory)
+            return
+        # A symlink, hard link or special file is complete when it appears and
+        # never gets a close-after-write; a new regular file is still being written.
+        path = Path(os.fsdecode(event.src_path))
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if (stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISREG(st.st_mode)
+                or st.st_nlink > 1):
+            self._candidate(event.src_path, False)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         self._growing(event.src_path, event.is_directory)
@@ -454,6 +545,17 @@ class FrameEventHandler(FileSystemEventHandler):
             _call_on_ignored(self.on_ignored, path, reason)
 
     # -- internals -------------------------------------------------------------
+
+    def _directory(self, raw_path: bytes | str) -> None:
+        """A directory appeared: report it if it is named like a frame."""
+        if not self.report_directories:
+            return
+        path = Path(os.fsdecode(raw_path))
+        if PurePath(path.name.lower()).suffix in self.growing_suffixes:
+            return
+        if not is_frame_name(path, self.suffixes) or _in_hidden_dir(path, self.root):
+            return
+        _call_on_ignored(self.on_ignored, path, REASON_DIRECTORY)
 
     def _growing(self, raw_path: bytes | str, is_directory: bool) -> None:
         """A growing container was created or written to: tell ``on_growing``."""
@@ -557,6 +659,7 @@ class FolderWatcher:
         self._poller: threading.Thread | None = None
         self._stop_poller = threading.Event()
         self._lock = threading.Lock()
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder
 
     @property
     def uses_stability_tracker(self) -> bool:
@@ -589,21 +692,26 @@ class FolderWatcher:
                 tracker=tracker,
                 on_growing=self.on_growing,
                 growing_suffixes=self.growing_suffixes,
+                report_directories=not self.recursive,
             )
+            st = os.stat(self.folder)
+            identity = (st.st_dev, st.st_ino)
             observer: BaseObserver
             if self.polling:
                 observer = PollingObserver(timeout=self.poll_interval_s)
                 event_filter: list[type[FileSystemEvent]] = [
                     FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+                    DirCreatedEvent, DirMovedEvent,
                 ]
             elif _NATIVE_EMITS_CLOSE:
                 # generate_full_events: a file moved in from outside the watch
                 # becomes FileMovedEvent("", dest) instead of a FileCreatedEvent
                 # that is indistinguishable from "opened for writing".
                 observer = InotifyObserver(generate_full_events=True)
-                event_filter = [FileClosedEvent, FileMovedEvent]
+                event_filter = [FileClosedEvent, FileMovedEvent, FileCreatedEvent,
+                                DirCreatedEvent, DirMovedEvent]
                 if self.on_growing is not None and self.growing_suffixes & self.suffixes:
-                    event_filter += [FileCreatedEvent, FileModifiedEvent]
+                    event_filter += [FileModifiedEvent]
             else:  # pragma: no cover - non-Linux native observers
                 observer = Observer()
                 event_filter = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]
@@ -621,6 +729,7 @@ class FolderWatcher:
                 raise
             self.handler = handler
             self._observer = observer
+            self._identity = identity
             if tracker is not None:
                 self._stop_poller.clear()
                 self._poller = threading.Thread(
@@ -645,11 +754,12 @@ class FolderWatcher:
                 log.warning("stability poller for %s did not stop in time", self.folder)
 
     def alive(self) -> bool:
-        """True while the threads run and the folder still exists at its path.
+        """True while the threads run and the folder watched is still at its path.
 
         False once the capture folder was removed or renamed (the emitter stops
         on IN_DELETE_SELF, but the observer thread itself keeps running), or a
-        thread died.
+        thread died, or another folder now has its path (removed or renamed
+        away and re-created: inotify still watches the old one).
         """
         observer, poller = self._observer, self._poller
         if observer is None or not observer.is_alive():
@@ -662,7 +772,11 @@ class FolderWatcher:
             emitters = []
         if any(not e.is_alive() for e in emitters):
             return False
-        return self.folder.is_dir()
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return False
+        return stat_mod.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == self._identity
 
     def __enter__(self) -> Self:
         self.start()
