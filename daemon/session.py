@@ -20,13 +20,14 @@ from loguru import logger
 
 from luckystack.core.crop import CropBox
 from luckystack.core.errors import FrameError
-from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams
+from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams, compose_panels
 from luckystack.daemon.frames import is_transient_reason
 from luckystack.daemon.outputs import (
     CropLog,
     CropRecord,
     atomic_write_bytes,
     encode_png16,
+    fsync_files,
     remove_stale_temps,
 )
 from luckystack.daemon.sources import (
@@ -49,6 +50,7 @@ OUTPUT_NAMES = {
     "comparison": "comparison.png",
     "csv": "crops.csv",
 }
+IMAGE_OUTPUTS = ("stacked", "sharpened", "comparison")
 
 
 def default_output_dir(input_path: Path) -> Path:
@@ -172,6 +174,7 @@ class Session:
         self._done: set[str] = set()
         self._retry: set[str] = set()  # keys whose last row has a transient reason
         self._dirty = False
+        self._unsynced = False
         self._next_index = 0
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -196,6 +199,12 @@ class Session:
             self._resume(records)
 
     def close(self) -> None:
+        if self._unsynced:
+            try:
+                fsync_files(self.output_dir / OUTPUT_NAMES[k] for k in IMAGE_OUTPUTS)
+                self._unsynced = False
+            except OSError as err:
+                logger.warning("cannot flush the outputs to disk: {}", err)
         lost = self.log.close()
         if lost:
             logger.error(
@@ -326,10 +335,6 @@ class Session:
             return
         replay = set(accepted[-p.buffer_size:])
         start = min(min(replay), max(0, len(records) - p.quality_history))
-        first = accepted[0]
-        if first not in replay:
-            # The comparison image shows the session's first crop: rebuild it too.
-            self._replay_first(records[first])
         for i in range(start, len(records)):
             rec = records[i]
             outcome = _record_to_outcome(rec)
@@ -349,13 +354,6 @@ class Session:
                 len(records), self.stats.resumed,
             )
 
-    def _replay_first(self, rec: CropRecord) -> None:
-        try:
-            frame = self.loader.load(parse_key(rec.file, self.input_root)).frame
-            self.stacker.set_first_crop(self.stacker.crop_for(frame, _record_to_outcome(rec)))
-        except (FrameError, ValueError) as err:
-            logger.bind(frame=rec.file).warning("cannot rebuild the first crop: {}", err)
-
     # -- outputs ---------------------------------------------------------------
     @property
     def dirty(self) -> bool:
@@ -369,9 +367,13 @@ class Session:
             return {}
         sharpened = self.stacker.sharpen(stacked)
         out = {"stacked": stacked, "sharpened": sharpened}
-        first = self.stacker.first_crop()
-        if self.write_comparison and first is not None:
-            out["comparison"] = _side_by_side(self.stacker.sharpen(first), sharpened)
+        best = self.stacker.best_crop()
+        if self.write_comparison and best is not None:
+            out["comparison"] = compose_panels([
+                ("best frame", best),
+                (f"stack of {self.stacker.stack_count()}", stacked),
+                ("sharpened", sharpened),
+            ])
         return out
 
     def _append(self, record: CropRecord) -> None:
@@ -405,8 +407,11 @@ class Session:
             return False
         try:
             images = self.render()
-            for name, image in images.items():
-                atomic_write_bytes(self.output_dir / OUTPUT_NAMES[name], encode_png16(image))
+            for name, image in images.items():  # stacked first: the latency users see
+                atomic_write_bytes(
+                    self.output_dir / OUTPUT_NAMES[name], encode_png16(image), fsync=False
+                )
+                self._unsynced = True
             self.log.sync()
         except Exception as err:
             self.stats.write_failures += 1
@@ -428,13 +433,3 @@ class Session:
         self._dirty = False
         self.stats.writes += 1
         return True
-
-
-def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
-    """``left`` (scaled to ``right``'s height) and ``right`` side by side."""
-    import cv2
-
-    if left.shape[:2] != right.shape[:2]:
-        left = cv2.resize(left, (right.shape[1], right.shape[0]), interpolation=cv2.INTER_LINEAR)
-    spacer = np.zeros((right.shape[0], gap) + right.shape[2:], dtype=np.float32)
-    return np.concatenate([left.astype(np.float32), spacer, right.astype(np.float32)], axis=1)
