@@ -18,9 +18,13 @@ single frame
 seed
     ``preset = "seed"`` with ``buffer_size = 20`` (the origin script).
 default
-    ``preset = "default"`` with ``buffer_size = 20`` (stacks the whole buffer).
+    ``preset = "default"`` with ``buffer_size = 20`` (stacks the whole buffer;
+    alignment points on, the default).
 default long
     ``preset = "default"`` with ``buffer_size = 200, keep = 20``.
+default, no AP / default long, no AP
+    The same with ``[align] alignment_points = false`` (global registration
+    only, the pipeline before issue 10).
 oracle live
     Mean of the last 20 "good" frames, each moved back by its true shift
     (``scipy.ndimage.shift``, order 3). The ceiling for ``default``.
@@ -33,6 +37,10 @@ PSS
     the same frames and the same count as ``default long``.
 
 Every result is the state at the END of the session.
+
+The report ends with the CPU time per frame of ``LiveStacker.add`` on
+640x480 frames with a planet of radius 100 px, with and without alignment
+points (``time.process_time``, one thread; ``--no-timing`` skips it).
 """
 
 from __future__ import annotations
@@ -147,6 +155,14 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             bit_depth=16,
             seeing=dataclasses.replace(SEEING, photons_at_white=4000.0),
             description="as live but 16-bit at low gain (4000 e- at white, SNR ~ 50 per pixel)",
+        ),
+        "live0": Scenario(
+            "live0",
+            live_n,
+            {"black": 2, "clipped": 2, "blurred": 2},
+            seeing=dataclasses.replace(SEEING, warp_px=0.0),
+            description="as live but without local warping (warp_px = 0: nothing for "
+            "alignment points to correct)",
         ),
     }
 
@@ -507,12 +523,24 @@ def run_pss(frames_uint: list[np.ndarray], exe: str) -> tuple[np.ndarray | None,
 MAIN_VARIANTS = (
     "single frame",
     "seed",
+    "default, no AP",
     "default",
+    "default long, no AP",
     "default long",
     "oracle live",
     "oracle long",
     "PSS",
     "PSS, clipped frames removed",
+)
+#: Columns of the per-session table.
+SESSION_VARIANTS = (
+    "seed",
+    "default, no AP",
+    "default",
+    "default long, no AP",
+    "default long",
+    "oracle live",
+    "oracle long",
 )
 DIAG_VARIANTS = (
     "default: its frames @ true shifts",
@@ -596,7 +624,14 @@ def run_session(
 
     runs = {
         "seed": run_pipeline(frames, preset_params("seed", buffer_size=LIVE_BUFFER)),
+        "default, no AP": run_pipeline(
+            frames, preset_params("default", buffer_size=LIVE_BUFFER, alignment_points=False)
+        ),
         "default": run_pipeline(frames, preset_params("default", buffer_size=LIVE_BUFFER)),
+        "default long, no AP": run_pipeline(
+            frames,
+            preset_params("default", buffer_size=LONG_BUFFER, keep=KEEP, alignment_points=False),
+        ),
         "default long": run_pipeline(
             frames, preset_params("default", buffer_size=LONG_BUFFER, keep=KEEP)
         ),
@@ -686,7 +721,12 @@ def _fmt(v: float, metric: str) -> str:
 
 
 def _table(
-    results: list[SessionResult], scens: list[str], variants: tuple[str, ...], suffix: str
+    results: list[SessionResult],
+    scens: list[str],
+    variants: tuple[str, ...],
+    suffix: str,
+    *,
+    gaps: bool = True,
 ) -> list[str]:
     head = "| variant | " + " | ".join(f"{s} PSNR dB | {s} SSIM" for s in scens) + " |"
     lines = [head, "|---|" + "---:|" * (2 * len(scens))]
@@ -698,7 +738,14 @@ def _table(
             for m in ("psnr", "ssim"):
                 cells.append(_fmt(_agg(results, s, v, m + suffix), m))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    for num, ceiling in (("default", "oracle live"), ("default long", "oracle long")):
+    if not gaps:
+        return lines
+    for num, ceiling in (
+        ("default, no AP", "oracle live"),
+        ("default", "oracle live"),
+        ("default long, no AP", "oracle long"),
+        ("default long", "oracle long"),
+    ):
         cells = []
         for s in scens:
             for m in ("psnr", "ssim"):
@@ -724,7 +771,9 @@ def _diag_table(results: list[SessionResult], scen: str) -> list[str]:
     ]
     for v in (
         "seed",
+        "default, no AP",
         "default",
+        "default long, no AP",
         "default long",
         "oracle live",
         "oracle long",
@@ -769,6 +818,7 @@ def report(
     seconds: float,
     pss_status: str,
     git_state: str,
+    timing: dict | None = None,
 ) -> str:
     names = list(scens)
     command = "bench/quality.py" + (" --quick" if args.quick else "") + f" --seed {args.seed}"
@@ -791,7 +841,7 @@ def report(
         "",
         *_table(results, names, MAIN_VARIANTS, ""),
         "",
-        "## Sharpened (`gaussian_laplacian`, sigma 1, amount 1, same for every variant)",
+        "## Sharpened (the daemon's `[sharpen]` defaults, same for every variant)",
         "",
         *_table(results, names, MAIN_VARIANTS, "_sharp"),
         "",
@@ -801,7 +851,7 @@ def report(
         "(perfect registration, spline interpolation), and the live oracle with OpenCV's "
         "bicubic kernel (the pipeline's interpolation) instead of the order-3 spline.",
         "",
-        *_table(results, names, DIAG_VARIANTS, "")[:-2],
+        *_table(results, names, DIAG_VARIANTS, "", gaps=False),
         "",
     ]
     for s in names:
@@ -817,25 +867,93 @@ def report(
         "## Per session",
         "",
         "| scenario | seed | "
-        + " | ".join(f"{v} PSNR/SSIM" for v in MAIN_VARIANTS[1:6])
+        + " | ".join(f"{v} PSNR/SSIM" for v in SESSION_VARIANTS)
         + " | s |",
-        "|---|---:|" + "---|" * 5 + "---:|",
+        "|---|---:|" + "---|" * len(SESSION_VARIANTS) + "---:|",
     ]
     for r in results:
         cells = [
             f"{r.scores[v]['psnr']:.2f} / {r.scores[v]['ssim']:.4f}" if v in r.scores else "–"
-            for v in MAIN_VARIANTS[1:6]
+            for v in SESSION_VARIANTS
         ]
         out.append(f"| {r.scenario} | {r.seed} | " + " | ".join(cells) + f" | {r.seconds:.0f} |")
     notes = [f"- {r.scenario}/{r.seed}: {n}" for r in results for n in r.notes]
     if notes:
         out += ["", "Notes:", "", *notes]
+    if timing:
+        out += [
+            "",
+            "## Cost per frame",
+            "",
+            (
+                f"CPU time (`time.process_time`) of `LiveStacker.add` per frame, default preset, "
+                f"{timing['frames']} simulated 8-bit frames of {timing['shape'][1]}x"
+                f"{timing['shape'][0]} px, planet radius {timing['radius_px']:.0f} px (crop "
+                f"{timing['crop_hw'][1]}x{timing['crop_hw'][0]}, {timing['aps']} alignment "
+                f"points), one thread (OpenCV, BLAS); median over frames {TIMING_SKIP}.., best "
+                f"of {timing['repeats']} runs; load average {timing['loadavg']:.1f} on "
+                f"{os.cpu_count()} CPUs."
+            ),
+            "",
+            "| pipeline | ms per frame |",
+            "|---|---:|",
+            *(f"| {k} | {v:.1f} |" for k, v in timing["ms"].items()),
+        ]
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
+
+
+TIMING_SKIP = 20  # frames before the stack (and the alignment points) are in steady state
+
+
+def time_per_frame(n_frames: int = 80, repeats: int = 3, seed: int = 1) -> dict:
+    """CPU time per frame of ``LiveStacker.add``, 640x480, radius 100, with and without APs.
+
+    One thread (``cv2.setNumThreads(1)``; BLAS threads are set to 1 when the
+    benchmark runs as a script): ``time.process_time`` counts every thread of
+    the process, and idle BLAS threads spinning on a busy machine would be
+    counted as work.
+    """
+    cv2.setNumThreads(1)
+    shape, radius = (480, 640), 100.0
+    session = simulate_session(
+        n_frames, shape=shape, model=PlanetModel(radius_px=radius), seeing=SEEING, seed=seed
+    )
+    frames = [normalise_frame(f, white_level=session.white_level) for f in session.frames]
+    variants = {
+        "global registration only (`alignment_points = false`)": preset_params(
+            "default", alignment_points=False
+        ),
+        "with alignment points (default)": preset_params("default"),
+    }
+    ms: dict[str, float] = {}
+    crop_hw, aps = (0, 0), 0
+    for name, params in variants.items():
+        best = math.inf
+        for _ in range(repeats):
+            stacker = LiveStacker(params)
+            times = []
+            for f in frames:
+                t0 = time.process_time()
+                stacker.add(f)
+                times.append(time.process_time() - t0)
+            best = min(best, float(np.median(times[TIMING_SKIP:])))
+            crop_hw = stacker.crop_size_hw or crop_hw
+            grid = getattr(stacker, "_grid", None)
+            aps = len(grid) if grid is not None else aps
+        ms[name] = best * 1e3
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {
+        "ms": ms, "frames": n_frames, "shape": shape, "radius_px": radius,
+        "crop_hw": list(crop_hw), "aps": aps, "repeats": repeats, "loadavg": load,
+    }
 
 
 def _task(job: tuple[Scenario, int, str | None, int]) -> SessionResult:
@@ -878,17 +996,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default=None,
-        help="comma-separated subset of live,long,live16 (default: all; quick: live,long)",
+        help="comma-separated subset of live,long,live16,live0 (default: all; quick: live,long)",
     )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     parser.add_argument("--no-pss", action="store_true", help="skip PlanetarySystemStacker")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="skip the CPU time per frame (640x480, r=100)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "quality.md"
     )
     args = parser.parse_args(argv)
 
     available = scenarios(args.quick)
-    chosen = args.scenarios or ("live,long" if args.quick else "live,long,live16")
+    chosen = args.scenarios or ("live,long" if args.quick else "live,long,live16,live0")
     wanted = [s.strip() for s in chosen.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in available]
     if unknown:
@@ -929,12 +1050,13 @@ def main(argv: list[str] | None = None) -> int:
         results = [_task(j) for j in jobs]
     seconds = time.perf_counter() - start
     results.sort(key=lambda r: (wanted.index(r.scenario), r.seed))
+    timing = None if args.no_timing else time_per_frame(repeats=2 if args.quick else 3)
 
-    text = report(results, scens, args, seeds, seconds, pss_status, _git_state())
+    text = report(results, scens, args, seeds, seconds, pss_status, _git_state(), timing)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    raw = [dataclasses.asdict(r) for r in results]
+    raw = {"sessions": [dataclasses.asdict(r) for r in results], "timing": timing}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     print(
         f"wrote {args.out} and {args.out.with_suffix('.json')} ({seconds:.0f} s)", file=sys.stderr

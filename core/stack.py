@@ -128,6 +128,19 @@ class RollingStack:
     def nbytes(self) -> int:
         return self._buffer.nbytes + self._sum.nbytes
 
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next pushed crop gets (0 for the first push)."""
+        return self._next_seq
+
+    def buffered_seqs(self) -> list[int]:
+        """Sequence numbers of the buffered crops, oldest first."""
+        return sorted(int(s) for s in self._seq[self._seq >= 0])
+
+    def selected_seqs(self) -> list[int]:
+        """Sequence numbers of the selected (stacked) crops, oldest first."""
+        return sorted(int(s) for s in self._seq[self._selected])
+
     def _weight(self, slot: int) -> float:
         if self.weighting == "quality":
             return float(max(self._scores[slot], 0.0)) + 1e-12
@@ -188,6 +201,29 @@ class RollingStack:
         if self._since_refresh >= self.capacity:
             self._refresh_sums()
 
+    def _slot_of(self, seq: int) -> int:
+        slots = np.flatnonzero(self._seq == seq)
+        if slots.size == 0:
+            raise KeyError(f"no buffered crop has sequence number {seq}")
+        return int(slots[0])
+
+    def replace(self, seq: int, crop: np.ndarray) -> None:
+        """Replace the buffered crop pushed as ``seq`` (its score and place stay)."""
+        if crop.shape != self.frame_shape:
+            raise FrameError(
+                f"crop shape {crop.shape} does not match the stack's {self.frame_shape}"
+            )
+        slot = self._slot_of(seq)
+        selected = bool(self._selected[slot])
+        if selected:
+            self._accumulate(slot, -1.0)
+        if self.storage == "uint16":
+            self._buffer[slot] = np.clip(crop * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+        else:
+            self._buffer[slot] = crop
+        if selected:
+            self._accumulate(slot, 1.0)
+
     def _best(self, mask: np.ndarray, *, worst: bool = False) -> int:
         """Slot with the highest (or lowest) ``(score, seq)`` among ``mask``."""
         slots = np.flatnonzero(mask)
@@ -221,6 +257,18 @@ class RollingStack:
         out = np.empty(self.frame_shape, dtype=np.float32)
         np.multiply(self._sum, 1.0 / self._wsum, out=out, casting="same_kind")
         return out
+
+    def mean_without(self, seq: int) -> np.ndarray:
+        """Mean of the selected frames other than the one pushed as ``seq`` (float32).
+
+        The plain :meth:`mean` when that frame is not selected, or is the only one.
+        """
+        slot = self._slot_of(seq)
+        w = self._weight(slot)
+        if not self._selected[slot] or self._wsum - w <= 0:
+            return self.mean()
+        total = self._sum - w * self._frame(slot).astype(np.float64)
+        return (total * (1.0 / (self._wsum - w))).astype(np.float32)
 
     def selected_slots(self) -> np.ndarray:
         """Buffer slots currently stacked, oldest first."""

@@ -114,6 +114,31 @@ class RegistrationSettings(_Section):
     min_peak: float = Field(0.3, ge=0, le=1)
 
 
+class AlignSettings(_Section):
+    """``[align]``: local alignment (alignment points) and drizzle (default preset).
+
+    ``[registration]`` removes each frame's global shift; alignment points
+    then de-warp it locally (anisoplanatic seeing). Drizzle resamples the
+    selected frames onto a finer grid; it needs ``[stack] combine = "mean"``.
+    """
+
+    alignment_points: bool = True
+    ap_box_px: int = Field(0, ge=0, le=1024)
+    ap_step_px: int = Field(0, ge=0, le=1024)
+    ap_min_frames: int = Field(5, ge=1)
+    ap_search_px: float = Field(4.0, gt=0, le=64)
+    drizzle_scale: float = Field(1.0, ge=1, le=4)
+    drizzle_pixfrac: float = Field(0.7, gt=0, le=1)
+
+    @field_validator("ap_box_px", "ap_step_px")
+    @classmethod
+    def _auto_or_large_enough(cls, value: int, info: Any) -> int:
+        least = 8 if info.field_name == "ap_box_px" else 4
+        if 0 < value < least:
+            raise ValueError(f"must be 0 (auto) or >= {least}, got {value}")
+        return value
+
+
 class StackSettings(_Section):
     """``[stack]``: the rolling buffer and how it is combined."""
 
@@ -199,10 +224,20 @@ class Settings(BaseSettings):
     crop: CropSettings = CropSettings()
     quality: QualitySettings = QualitySettings()
     registration: RegistrationSettings = RegistrationSettings()
+    align: AlignSettings = AlignSettings()
     stack: StackSettings = StackSettings()
     sharpen: SharpenSettings = SharpenSettings()
     output: OutputSettings = OutputSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _drizzle_needs_mean(self) -> Settings:
+        if self.preset == "default" and self.align.drizzle_scale > 1 and self.stack.combine != "mean":
+            raise ValueError(
+                f"[align] drizzle_scale = {self.align.drizzle_scale:g} needs [stack] combine = "
+                f'"mean" (drizzle is a weighted mean), not "{self.stack.combine}"'
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -278,7 +313,8 @@ def pipeline_params(settings: Settings) -> PipelineParams:
     ``preset = "seed"`` reproduces the origin script: its crop, its stack
     (scaled to the largest crop, plain mean of the whole buffer) and its
     Gaussian+Laplacian sharpening; only ``buffer_size``, the crop margin and
-    the sharpening strength are taken from the settings.
+    the sharpening strength are taken from the settings (``[align]`` does not
+    apply).
     """
     s = settings
     sharpen = SharpenParams(
@@ -302,6 +338,7 @@ def pipeline_params(settings: Settings) -> PipelineParams:
             buffer_size=s.stack.buffer_size,
             quality_blur_px=s.quality.blur_px,
             register=False,
+            alignment_points=False,
             sharpen=sharpen,
         )
     return PipelineParams(
@@ -320,5 +357,12 @@ def pipeline_params(settings: Settings) -> PipelineParams:
         max_saturated_fraction=s.quality.max_saturated_fraction,
         register=s.registration.enabled,
         min_peak=s.registration.min_peak,
+        alignment_points=s.align.alignment_points,
+        ap_box_px=s.align.ap_box_px,
+        ap_step_px=s.align.ap_step_px,
+        ap_min_frames=s.align.ap_min_frames,
+        ap_search_px=s.align.ap_search_px,
+        drizzle_scale=s.align.drizzle_scale,
+        drizzle_pixfrac=s.align.drizzle_pixfrac,
         sharpen=sharpen,
     )

@@ -333,7 +333,9 @@ class Session:
         accepted = [i for i, r in enumerate(records) if r.outcome == "accepted"]
         if not accepted:
             return
-        replay = set(accepted[-p.buffer_size:])
+        # The stack's frames and, before them, the frames its alignment
+        # reference was built from (see LiveStacker.replay_frames).
+        replay = set(accepted[-self.stacker.replay_frames:])
         start = min(min(replay), max(0, len(records) - p.quality_history))
         for i in range(start, len(records)):
             rec = records[i]

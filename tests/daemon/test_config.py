@@ -98,3 +98,36 @@ def test_sharpen_steps_from_toml_and_their_errors(tmp_path):
         load_settings(cfg)
     text = "\n".join(exc.value.problems)
     assert "steps[0]: psf must be one of" in text and "steps[1]: unknown sharpening step kind" in text
+
+
+def test_align_section_maps_to_the_pipeline(tmp_path, monkeypatch):
+    d = pipeline_params(load_settings())
+    assert d.alignment_points and d.uses_alignment_points() and not d.uses_drizzle()
+    assert (d.ap_box_px, d.ap_step_px, d.ap_min_frames, d.ap_search_px) == (0, 0, 5, 4.0)
+    assert (d.drizzle_scale, d.drizzle_pixfrac) == (1.0, 0.7)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[align]\nap_box_px = 40\nap_step_px = 24\nap_min_frames = 3\n"
+                   "ap_search_px = 2.5\ndrizzle_scale = 1.5\ndrizzle_pixfrac = 0.5\n")
+    monkeypatch.setenv("LUCKYSTACK_ALIGN__ALIGNMENT_POINTS", "false")
+    p = pipeline_params(load_settings(cfg))
+    assert not p.alignment_points and not p.uses_alignment_points()
+    assert (p.ap_box_px, p.ap_step_px, p.ap_min_frames, p.ap_search_px) == (40, 24, 3, 2.5)
+    assert (p.drizzle_scale, p.drizzle_pixfrac) == (1.5, 0.5) and p.uses_drizzle()
+    # the seed preset is the origin script whatever [align] says
+    seed = pipeline_params(load_settings(cfg, preset="seed"))
+    assert not seed.uses_alignment_points() and not seed.uses_drizzle()
+
+
+def test_align_problems_are_reported(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[align]\nap_box_px = 5\nap_step_px = 2\ndrizzle_scale = 0.5\n"
+                   "drizzle_pixfrac = 0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    text = "\n".join(exc.value.problems)
+    for key in ("ap_box_px", "ap_step_px", "drizzle_scale", "drizzle_pixfrac"):
+        assert f"[align] {key}:" in text
+    cfg.write_text('[align]\ndrizzle_scale = 2\n[stack]\ncombine = "median"\n')
+    with pytest.raises(ConfigError, match='drizzle_scale = 2 needs \\[stack\\] combine = "mean"'):
+        load_settings(cfg)
+    assert load_settings(cfg, preset="seed").preset == "seed"  # seed: no drizzle, no conflict
