@@ -18,7 +18,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -29,7 +28,8 @@ import pytest
 
 from luckystack.daemon.config import load_settings
 from luckystack.daemon.outputs import CropRecord
-from luckystack.daemon.service import Daemon
+
+from daemon_thread import DaemonThread
 
 LUCKYSTACK = str(Path(sys.executable).with_name("luckystack"))
 
@@ -285,36 +285,15 @@ def settings(**sections):
     return s.model_copy(update=update)
 
 
-class Running:
-    """A Daemon on a background thread (signals are the main thread's job)."""
+class Running(DaemonThread):
+    """:class:`DaemonThread` that yields itself (``.daemon``, ``.alive()``)."""
 
     def __init__(self, inp, out, cfg=None, **kw):
-        kw.setdefault("idle_tick_s", 0.05)
-        self.daemon = Daemon(inp, out, cfg or load_settings(), **kw)
-        self.code = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(inp, out, cfg, **kw)
 
-    def _run(self):
-        try:
-            self.code = self.daemon.run()
-        except BaseException as err:  # noqa: BLE001 - reported by the test
-            self.error = err
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        assert self.daemon.ready.wait(30), "daemon did not become ready"
+    def __enter__(self) -> Running:  # type: ignore[override]
+        self.start()
         return self
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def __exit__(self, *exc):
-        self.daemon.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        assert self.error is None, f"the daemon raised {self.error!r}"
-        assert self.code == 0
 
 
 class WatchProcess:

@@ -15,8 +15,8 @@ from luckystack.core.simulate import PlanetModel, SeeingModel, simulate_session
 from luckystack.daemon.cli import main, run_all, run_batch
 from luckystack.daemon.config import ConfigError, load_settings
 from luckystack.daemon.ser import SerColor, SerReader, SerWriter, write_ser
-from luckystack.daemon.service import Daemon
 from luckystack.daemon.sources import FrameRef, frame_key, parse_key
+from daemon_thread import DaemonThread
 
 T0 = datetime(2024, 9, 14, 2, 31, 7, 250000, tzinfo=timezone.utc)
 N = 40
@@ -275,27 +275,7 @@ def test_fits_session_uint16_bzero_with_date_obs_times(tmp_path):
 # ------------------------------------------------------------- growing SER, live
 
 
-class Running:
-    """A Daemon on a background thread (signals are the main thread's job)."""
-
-    def __init__(self, inp, out, settings=None, **kw):
-        self.daemon = Daemon(inp, out, settings or load_settings(), idle_tick_s=0.05, **kw)
-        self.code = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        self.code = self.daemon.run()
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.daemon.ready.wait(30), "daemon did not become ready"
-        return self.daemon
-
-    def __exit__(self, *exc):
-        self.daemon.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        assert self.code == 0
+Running = DaemonThread
 
 
 def _capture(path, frames, *, fps=50.0, color_id=SerColor.MONO, close=True, writer=None):

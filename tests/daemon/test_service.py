@@ -14,7 +14,7 @@ import numpy as np
 
 from luckystack.daemon.cli import run_batch
 from luckystack.daemon.config import load_settings
-from luckystack.daemon.service import Daemon
+from daemon_thread import DaemonThread
 
 
 def _rows(path):
@@ -33,26 +33,7 @@ def _wait_for(cond, timeout=60.0, interval=0.05):
     return cond()
 
 
-class Running:
-    """A Daemon on a background thread (signals are the main thread's job)."""
-
-    def __init__(self, inp, out, settings=None, **kw):
-        self.daemon = Daemon(inp, out, settings or load_settings(), idle_tick_s=0.05, **kw)
-        self.code = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        self.code = self.daemon.run()
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.daemon.ready.wait(30), "daemon did not become ready"
-        return self.daemon
-
-    def __exit__(self, *exc):
-        self.daemon.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+Running = DaemonThread
 
 
 def _png_bytes(frame):
