@@ -18,7 +18,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import pytest
 from luckystack.daemon.config import load_settings
 from luckystack.daemon.outputs import CropRecord
 
-from daemon_thread import DaemonThread
+from daemon_helpers import DaemonThread, csv_rows
+from daemon_helpers import wait_for as shared_wait_for
 
 LUCKYSTACK = str(Path(sys.executable).with_name("luckystack"))
 
@@ -38,12 +38,7 @@ LUCKYSTACK = str(Path(sys.executable).with_name("luckystack"))
 
 
 def wait_for(cond, timeout: float = 30.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return bool(cond())
+    return shared_wait_for(cond, timeout, interval)
 
 
 # ------------------------------------------------------------------ images
@@ -133,11 +128,7 @@ def decodes(path: Path) -> bool:
 # --------------------------------------------------------------------- CSV
 
 
-def rows(csv_path: Path) -> list[dict[str, str]]:
-    if not Path(csv_path).exists():
-        return []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+rows = csv_rows
 
 
 def row_for(csv_path: Path, name: str) -> dict[str, str] | None:

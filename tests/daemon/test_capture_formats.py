@@ -1,6 +1,5 @@
 """Real capture formats end to end: SER (mono, 12-bit, Bayer, growing), FITS, [input]."""
 
-import csv
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,26 +15,12 @@ from luckystack.daemon.cli import main, run_all, run_batch
 from luckystack.daemon.config import ConfigError, load_settings
 from luckystack.daemon.ser import SerColor, SerReader, SerWriter, write_ser
 from luckystack.daemon.sources import FrameRef, frame_key, parse_key
-from daemon_thread import DaemonThread
+from daemon_helpers import DaemonThread
+from daemon_helpers import csv_rows as _rows
+from daemon_helpers import wait_for as _wait_for
 
 T0 = datetime(2024, 9, 14, 2, 31, 7, 250000, tzinfo=timezone.utc)
 N = 40
-
-
-def _rows(path):
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _wait_for(cond, timeout=60.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def _stamps(n):

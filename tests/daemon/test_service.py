@@ -1,6 +1,5 @@
 """The watch daemon with a real inotify observer on temporary folders."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -14,23 +13,9 @@ import numpy as np
 
 from luckystack.daemon.cli import run_batch
 from luckystack.daemon.config import load_settings
-from daemon_thread import DaemonThread
-
-
-def _rows(path):
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _wait_for(cond, timeout=60.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
+from daemon_helpers import DaemonThread
+from daemon_helpers import csv_rows as _rows
+from daemon_helpers import wait_for as _wait_for
 
 
 Running = DaemonThread

@@ -1,4 +1,3 @@
-import csv
 import hashlib
 
 import cv2
@@ -8,15 +7,11 @@ import pytest
 from luckystack.daemon.cli import main, run_batch
 from luckystack.daemon.config import load_settings
 from luckystack.daemon.session import default_output_dir
+from daemon_helpers import csv_rows as _rows
 
 
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def _rows(csv_path):
-    with open(csv_path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_run_writes_four_outputs_and_one_row_per_frame(capture_copy, tmp_path):

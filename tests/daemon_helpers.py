@@ -1,4 +1,4 @@
-"""A watch Daemon on a background thread, for tests (signals stay with pytest).
+"""Helpers for the daemon tests: a watch Daemon on a thread, waiting, the CSV.
 
 Importable from the test modules because pytest's ``pythonpath`` includes
 ``tests/`` (pyproject.toml); not collected (no ``test_`` prefix).
@@ -6,10 +6,31 @@ Importable from the test modules because pytest's ``pythonpath`` includes
 
 from __future__ import annotations
 
+import csv
 import threading
+import time
+from pathlib import Path
 
 from luckystack.daemon.config import load_settings
 from luckystack.daemon.service import Daemon
+
+
+def wait_for(cond, timeout: float = 60.0, interval: float = 0.05) -> bool:
+    """Poll ``cond()`` until it is true or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())
+
+
+def csv_rows(csv_path) -> list[dict[str, str]]:
+    """The rows of a crop CSV as dicts; [] while the file does not exist."""
+    if not Path(csv_path).exists():
+        return []
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 class DaemonThread:
