@@ -629,10 +629,6 @@ class LiveStacker:
             return self._stack.selected_count
         return self.stack_size
 
-    def set_first_crop(self, crop: np.ndarray) -> None:
-        """Set the session's first crop (shown in the comparison image)."""
-        self._first_crop = np.array(crop, dtype=np.float32)
-
     def note_history(self, outcome: FrameOutcome) -> None:
         """Feed a recorded rejected outcome's score and size to the history."""
         if outcome.sharpness is not None:
