@@ -28,15 +28,18 @@ out), whereas de-warping every frame onto a mean of earlier de-warped frames
 lets the reference drift (measured -0.8 to -1.0 dB, ``bench/warp_eval.py``).
 Once the anchor holds ``ap_min_frames`` frames, each new frame is de-warped:
 a grid of alignment points is placed on the reference
-(:func:`~luckystack.core.warp.place_alignment_points`), every point's shift is
+(:func:`~luckystack.core.warp.place_alignment_points`) and prepared once
+every ``ap_regrid_frames`` accepted frames (the reference changes by one frame
+in ``buffer_size`` per frame), every point's shift is
 measured starting from the global shift
 (:func:`~luckystack.core.warp.estimate_local_shifts`), and the crop is
 resampled from the full frame along the smooth field through them
 (:func:`~luckystack.core.warp.dewarp`: one interpolation). The recorded
 ``shift_yx`` stays the global shift.
 
-The AP step is a function of the frame, its crop box, its global shift and the
-anchor's state only. :meth:`LiveStacker.replay` therefore rebuilds the anchor
+The AP step is a function of the frame, its crop box, its global shift, the
+anchor's state and the frame's place in the session (which prepared reference)
+only. :meth:`LiveStacker.replay` therefore rebuilds the anchor
 from the recorded boxes and shifts and re-runs the step, and frames processed
 after a resume are de-warped against the same reference as in an
 uninterrupted run (the replayed frames themselves are de-warped against the
@@ -97,7 +100,9 @@ from luckystack.core.warp import (
     dewarp,
     displacement_field,
     estimate_local_shifts,
+    PreparedReference,
     place_alignment_points,
+    prepare_reference,
 )
 
 __all__ = [
@@ -164,15 +169,19 @@ class PipelineParams:
     ap_min_frames: int = 5
     #: Reject a point whose own shift is further than this from the global shift, px.
     ap_search_px: float = 4.0
+    #: Gauss-Newton iterations of the alignment points' field per frame.
+    ap_iterations: int = 4
     #: Drizzle the selected frames onto a grid this many times finer (1 = off).
     drizzle_scale: float = 1.0
     #: Drop size of the drizzle, fraction of an input pixel, in (0, 1].
     drizzle_pixfrac: float = 0.7
-    #: Place the alignment points on the reference again every this many frames.
-    #: 1 (every frame) makes the de-warping a function of the anchor alone, so a
-    #: resumed session de-warps new frames exactly as an uninterrupted one;
-    #: 10 saves ~2 ms per frame (r = 100 px) at the same quality, but not that.
-    ap_regrid_frames: int = 1
+    #: Place the alignment points on the reference, and prepare it, again every
+    #: this many accepted frames (periods counted from the session's first
+    #: frame, so a resumed session uses the same references). The reference
+    #: changes by one frame in ``buffer_size`` per frame; 4 saves ~4 ms per
+    #: frame (r = 100 px) of the 1-every-frame cost, at the same quality
+    #: (``bench/warp_eval.py``).
+    ap_regrid_frames: int = 4
     sharpen: SharpenParams = field(default_factory=SharpenParams)
     #: Buffers larger than this many bytes as float32 are kept as uint16.
     float_buffer_limit_bytes: int = 256 * 1024 * 1024
@@ -420,8 +429,8 @@ class LiveStacker:
         self._stack: RollingStack | ResizingStack | None = None
         #: Globally aligned luminance crops of the same frames: the reference.
         self._anchor: RollingStack | None = None
-        self._grid: AlignmentGrid | None = None
-        self._grid_age = 0
+        #: The prepared AP reference and the ``ap_regrid_frames`` period it serves.
+        self._ap_ref: tuple[int, PreparedReference] | None = None
         self._drizzle: _DrizzleWindow | None = None
         #: Replayed frames waiting to be de-warped (partial history; see replay()).
         self._pending: dict[int, _Pending] = {}
@@ -443,12 +452,15 @@ class LiveStacker:
     def replay_frames(self) -> int:
         """How many of the last accepted frames a resume should :meth:`replay`.
 
-        ``buffer_size``; with alignment points ``2 * buffer_size``: each
-        buffered frame was de-warped against the anchor of the
-        ``buffer_size`` frames before it.
+        ``buffer_size``; with alignment points ``2 * buffer_size +
+        ap_regrid_frames``: each buffered frame was de-warped against the
+        anchor of the ``buffer_size`` frames before it, as prepared at the
+        start of its ``ap_regrid_frames`` period.
         """
         p = self.params
-        return 2 * p.buffer_size if p.uses_alignment_points() else p.buffer_size
+        if p.uses_alignment_points():
+            return 2 * p.buffer_size + max(1, p.ap_regrid_frames)
+        return p.buffer_size
 
     @property
     def stack_size(self) -> int:
@@ -492,8 +504,11 @@ class LiveStacker:
           when the replay started at the session's first frame (its recorded
           ``stacked`` is 1), against the anchor as rebuilt so far: that is the
           anchor :meth:`add` used, so the crop is the same (to rounding).
-          Replaying the last :attr:`replay_frames` (``2 * buffer_size``)
-          accepted frames thus rebuilds the whole state;
+          Replaying the last :attr:`replay_frames` accepted frames (after
+          :meth:`start_at` with the number accepted before them) thus
+          rebuilds the whole state: the frames still buffered at the end were
+          de-warped against references prepared at the same points as in the
+          uninterrupted run;
         * a frame replayed earlier (the anchor it was de-warped against is
           not rebuilt) once the replay is over (at the next :meth:`add` or
           :meth:`stacked`), against the rebuilt anchor without itself, if it
@@ -578,7 +593,9 @@ class LiveStacker:
             if seq not in buffered:
                 continue
             item = pending[seq]
-            found = self._local_shifts(anchor.mean_without(seq), item.crop_lum, item.shift_yx)
+            found = self._local_shifts(
+                anchor.mean_without(seq), item.crop_lum, item.shift_yx, cached=False
+            )
             if found is None:
                 continue  # stays globally aligned
             grid, local = found
@@ -689,20 +706,35 @@ class LiveStacker:
         assert self._stack is not None
         return luminance(self._stack.mean())
 
-    def _grid_for(self, reference: np.ndarray) -> AlignmentGrid:
-        """Alignment points on ``reference``, placed again every ``ap_regrid_frames`` frames."""
-        p = self.params
-        if (
-            self._grid is None
-            or self._grid.shape != reference.shape
-            or self._grid_age >= max(1, p.ap_regrid_frames)
-        ):
-            assert self.crop_size_hw is not None
-            box, step = p.ap_geometry(self.crop_size_hw)
-            self._grid = place_alignment_points(reference, box_px=box, step_px=step)
-            self._grid_age = 0
-        self._grid_age += 1
-        return self._grid
+    def _prepared(self, reference: np.ndarray, period: int | None) -> PreparedReference:
+        """Alignment points placed on ``reference``, prepared; cached for ``period``.
+
+        ``period`` is ``accepted // ap_regrid_frames`` of the frame being
+        aligned: the first frame of a period prepares the anchor's mean as it
+        is then, the others reuse it. None prepares ``reference`` uncached.
+        """
+        if period is not None and self._ap_ref is not None:
+            cached_period, prep = self._ap_ref
+            if cached_period == period and prep.reference.shape == reference.shape:
+                return prep
+        assert self.crop_size_hw is not None
+        box, step = self.params.ap_geometry(self.crop_size_hw)
+        grid = place_alignment_points(reference, box_px=box, step_px=step)
+        prep = prepare_reference(reference, grid)
+        if period is not None:
+            self._ap_ref = (period, prep)
+        return prep
+
+    def start_at(self, accepted_before: int) -> None:
+        """Count ``accepted_before`` frames as accepted before the first replayed one.
+
+        A resumed session calls this before :meth:`replay`: the prepared AP
+        references are renewed every ``ap_regrid_frames`` accepted frames
+        counted from the session's first frame.
+        """
+        if accepted_before < 0:
+            raise ValueError(f"accepted_before must be >= 0, got {accepted_before}")
+        self.accepted = int(accepted_before)
 
     def _align(
         self,
@@ -738,13 +770,26 @@ class LiveStacker:
         return _Aligned(crop, anchor, raw, shift, None, None)
 
     def _local_shifts(
-        self, reference: np.ndarray, crop_lum: np.ndarray, shift: tuple[float, float]
+        self,
+        reference: np.ndarray,
+        crop_lum: np.ndarray,
+        shift: tuple[float, float],
+        *,
+        cached: bool = True,
     ) -> tuple[AlignmentGrid, LocalShifts] | None:
-        """Alignment points on ``reference`` and their shifts; None if the fit fails."""
-        grid = self._grid_for(reference)
+        """Alignment points on ``reference`` and their shifts; None if the fit fails.
+
+        ``cached``: ``reference`` is the anchor's mean before this frame, whose
+        prepared version is shared by the frames of one ``ap_regrid_frames``
+        period (see :meth:`_prepared`).
+        """
+        period = self.accepted // max(1, self.params.ap_regrid_frames) if cached else None
+        prep = self._prepared(reference, period)
+        grid = prep.grid
         try:
             local = estimate_local_shifts(
-                reference, crop_lum, grid, initial_yx=shift, search_px=self.params.ap_search_px
+                prep, crop_lum, grid, initial_yx=shift, search_px=self.params.ap_search_px,
+                iterations=self.params.ap_iterations,
             )
         except np.linalg.LinAlgError:  # a degenerate fit: keep the global alignment
             return None

@@ -51,6 +51,8 @@ __all__ = [
     "LocalShifts",
     "place_alignment_points",
     "estimate_local_shifts",
+    "PreparedReference",
+    "prepare_reference",
     "displacement_field",
     "dewarp",
     "align_locally",
@@ -445,11 +447,10 @@ class _PatchSet:
 
 
 class _LKPass:
-    """One coarse-to-fine pass: smoothed images, patches and the reference's moments."""
+    """One coarse-to-fine pass: the smoothed reference, its patches and moments."""
 
     def __init__(
         self,
-        mov: np.ndarray,
         sigma: float,
         *,
         ref: np.ndarray,
@@ -458,11 +459,11 @@ class _LKPass:
         box: int,
         length: float,
     ) -> None:
+        self.sigma = sigma
         # Smooth passes see only smooth images: every other patch pixel suffices.
         self.patches = p = _PatchSet(origins, centers, box, 2 if sigma >= 1.5 else 1, length)
         self.interp = cv2.INTER_LINEAR if sigma >= 1.5 else cv2.INTER_CUBIC
         r_s = _smooth(ref, sigma)
-        self.m_s = _smooth(mov, sigma)
         gy, gx = _gradients(r_s)
         self.rp = p.centred(p.gather(r_s))
         self.gyp, self.gxp = gyp, gxp = p.gather(gy), p.gather(gx)
@@ -484,12 +485,15 @@ class _LKPass:
         self.normal = np.matmul(self.smat.transpose(0, 2, 1), self.ainv_s)
 
     def residual(
-        self, coef: np.ndarray, base: np.ndarray, interp: int | None = None
+        self, m_s: np.ndarray, coef: np.ndarray, base: np.ndarray, interp: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``b_j = sum w g e`` (n, 2), residual variance (n,) and correlation peak (n,)."""
+        """``b_j = sum w g e`` (n, 2), residual variance (n,) and correlation peak (n,).
+
+        ``m_s`` is the (intensity-matched) moving image smoothed as this pass.
+        """
         p = self.patches
         field = p.field(coef.reshape(2, p.n).astype(np.float32), base)
-        moved = p.centred(p.sample(self.m_s, field, self.interp if interp is None else interp))
+        moved = p.centred(p.sample(m_s, field, self.interp if interp is None else interp))
         e = moved - self.rp
         b = np.stack([p.wsum(self.gyp, e), p.wsum(self.gxp, e)], axis=1)
         den = np.sqrt(p.wsum(moved, moved) * p.wsum(self.rp, self.rp))
@@ -497,8 +501,101 @@ class _LKPass:
         return b, p.wsum(e, e) / p.wsum_total, peak
 
 
-def estimate_local_shifts(
+class PreparedReference:
+    """A reference and its alignment points, prepared for many frames.
+
+    Everything :func:`estimate_local_shifts` computes from the reference alone
+    (smoothed patches, gradients, structure tensors, the field's normal
+    equations, the sky level): about half its cost per frame. Pass it as
+    ``reference_lum`` to measure frame after frame against the same
+    reference; see :func:`prepare_reference`.
+
+    Attributes
+    ----------
+    reference : (H, W) ndarray of float32
+    grid : AlignmentGrid
+    presmooth_px : tuple of float
+    smooth_px : float
+        Correlation length of the field, pixels.
+    prior_rms_px : float
+    """
+
+    __slots__ = (
+        "reference", "grid", "presmooth_px", "smooth_px", "prior_rms_px",
+        "sky", "level", "kmat", "prior_term", "passes",
+    )
+
+    def __init__(
+        self,
+        reference: np.ndarray,
+        grid: AlignmentGrid,
+        presmooth_px: tuple[float, ...],
+        smooth_px: float,
+        prior_rms_px: float,
+    ) -> None:
+        self.reference = reference
+        self.grid = grid
+        self.presmooth_px = presmooth_px
+        self.smooth_px = smooth_px
+        self.prior_rms_px = prior_rms_px
+        self.sky = _sky_level(reference)
+        self.level = float(reference.mean()) - self.sky
+        n = len(grid)
+        self.kmat = _kernel(grid.centers_yx, grid.centers_yx, smooth_px)
+        self.prior_term = np.kron(np.eye(2), self.kmat) / (prior_rms_px * prior_rms_px)
+        self.passes = [] if n == 0 else [
+            _LKPass(sigma, ref=reference, origins=grid.origins_yx, centers=grid.centers_yx,
+                    box=grid.box_px, length=smooth_px)
+            for sigma in presmooth_px
+        ]
+
+
+def prepare_reference(
     reference_lum: np.ndarray,
+    grid: AlignmentGrid,
+    *,
+    presmooth_px: tuple[float, ...] = (1.5,),
+    smooth_px: float | None = None,
+    prior_rms_px: float = 1.0,
+) -> PreparedReference:
+    """Prepare ``reference_lum`` and ``grid`` once for :func:`estimate_local_shifts`.
+
+    Parameters are those of :func:`estimate_local_shifts`, whose results
+    with the prepared reference are the same as with the plain one.
+
+    Raises
+    ------
+    FrameError
+        If the reference is not a finite 2-D image of the grid's shape.
+    ValueError
+        For out-of-range parameters.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:96, :96]
+    >>> ref = ((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2) * (1 + 0.3 * np.sin(xx / 2.0 + yy / 3.0))
+    >>> ref = ref.astype(np.float32)
+    >>> grid = place_alignment_points(ref, box_px=24, step_px=16)
+    >>> prep = prepare_reference(ref, grid)
+    >>> moved = np.roll(ref, 1, axis=1)
+    >>> a = estimate_local_shifts(prep, moved, grid).shifts_yx
+    >>> b = estimate_local_shifts(ref, moved, grid).shifts_yx
+    >>> bool(np.array_equal(a, b))
+    True
+    """
+    ref = _as_lum("reference_lum", reference_lum)
+    if ref.shape != grid.shape:
+        raise FrameError(f"images of shape {ref.shape} do not match the grid's {grid.shape}")
+    sigmas = tuple(float(s) for s in presmooth_px)
+    if not sigmas or any(not math.isfinite(s) or s < 0 for s in sigmas):
+        raise ValueError(f"presmooth_px must be one or more sigmas >= 0; got {presmooth_px!r}")
+    length = _check_positive("smooth_px", grid.step_px if smooth_px is None else smooth_px)
+    prior = _check_positive("prior_rms_px", prior_rms_px)
+    return PreparedReference(ref, grid, sigmas, length, prior)
+
+
+def estimate_local_shifts(
+    reference_lum: np.ndarray | PreparedReference,
     moving_lum: np.ndarray,
     grid: AlignmentGrid,
     *,
@@ -522,7 +619,10 @@ def estimate_local_shifts(
     ----------
     reference_lum, moving_lum : (H, W) ndarray
         Same-shape luminance images; ``grid`` was placed on the reference (or
-        one of the same geometry).
+        one of the same geometry). ``reference_lum`` may be a
+        :class:`PreparedReference` (from :func:`prepare_reference` with this
+        grid) to skip the reference's share of the work; ``presmooth_px``,
+        ``smooth_px`` and ``prior_rms_px`` are then the prepared ones.
     grid : AlignmentGrid
         The alignment points.
     initial_yx : tuple of 2 float, optional
@@ -597,18 +697,26 @@ def estimate_local_shifts(
     ``H_j^-1 (S_j c - r_j)``, ``H_j = sum_x w g g^T``, with the uncertainty
     ``sqrt(diag(s2_j H_j^-1 A_j H_j^-1))``, ``A_j = sum w^2 g g^T``.
     """
-    ref = _as_lum("reference_lum", reference_lum)
     mov = _as_lum("moving_lum", moving_lum)
+    if isinstance(reference_lum, PreparedReference):
+        prep = reference_lum
+        if prep.grid is not grid and (
+            prep.grid.shape != grid.shape
+            or not np.array_equal(prep.grid.origins_yx, grid.origins_yx)
+            or prep.grid.box_px != grid.box_px
+        ):
+            raise ValueError("the prepared reference was prepared with another grid")
+    else:
+        prep = prepare_reference(
+            reference_lum, grid, presmooth_px=presmooth_px, smooth_px=smooth_px,
+            prior_rms_px=prior_rms_px,
+        )
+    ref = prep.reference
     if ref.shape != mov.shape:
         raise FrameError(f"images must have the same shape, got {ref.shape} and {mov.shape}")
-    if ref.shape != grid.shape:
-        raise FrameError(f"images of shape {ref.shape} do not match the grid's {grid.shape}")
     search = _check_positive("search_px", search_px)
     max_dev = _check_positive("max_deviation_px", max_deviation_px)
-    prior = _check_positive("prior_rms_px", prior_rms_px)
-    sigmas = tuple(float(s) for s in presmooth_px)
-    if not sigmas or any(not math.isfinite(s) or s < 0 for s in sigmas):
-        raise ValueError(f"presmooth_px must be one or more sigmas >= 0; got {presmooth_px!r}")
+    sigmas, length, prior = prep.presmooth_px, prep.smooth_px, prep.prior_rms_px
     if np.ndim(iterations) == 0:
         counts = (iterations,) * len(sigmas)
     else:
@@ -621,38 +729,33 @@ def estimate_local_shifts(
             f"got {iterations!r}"
         )
     base = np.array([float(initial_yx[0]), float(initial_yx[1])], np.float64)
-    n, box = len(grid), grid.box_px
-    length = _check_positive("smooth_px", grid.step_px if smooth_px is None else smooth_px)
+    n = len(grid)
     if n == 0:
         z = np.zeros((0, 2))
         return LocalShifts(z, z.copy(), np.zeros(0), np.zeros(0, bool), tuple(base), length, prior)
 
-    origins = grid.origins_yx
     centers = grid.centers_yx
-    kmat = _kernel(centers, centers, length)
-    gain, offset = _intensity_match(ref, mov)
+    kmat, prior_term = prep.kmat, prep.prior_term
+    gain, offset = _intensity_match(prep, mov)
     matched = mov * np.float32(gain) + np.float32(offset)
-
-    prior_term = np.kron(np.eye(2), kmat) / (prior * prior)
-    passes = [
-        _LKPass(matched, sigma, ref=ref, origins=origins, centers=centers, box=box, length=length)
-        for sigma in sigmas
-    ]
+    passes = prep.passes
+    moving = [_smooth(matched, lk.sigma) for lk in passes]
 
     def fit(coef: np.ndarray, schedule, exclude: np.ndarray) -> np.ndarray:
         """Gauss-Newton iterations of the coefficients (2n,) without the ``exclude``d APs' data."""
-        for lk, count in schedule:
+        for lk, m_s, count in schedule:
             for _ in range(int(count)):
-                b, resid, peak = lk.residual(coef, base)
+                b, resid, peak = lk.residual(m_s, coef, base)
                 use = (peak >= min_peak) & ~exclude  # patches that do not match carry no data
                 coef = coef + _gauss_newton_step(lk, coef, b, resid, use, prior_term, kmat)
         return coef
 
-    coef = fit(np.zeros(2 * n), list(zip(passes, counts)), np.zeros(n, bool))
+    schedule = list(zip(passes, moving, counts))
+    coef = fit(np.zeros(2 * n), schedule, np.zeros(n, bool))
     # Per-AP verdicts on the finest pass. Each AP's own measurement: the structure-
     # weighted field over its patch minus its LK residual, H^-1 (S c - b).
     lk = passes[-1]
-    b, resid, peak = lk.residual(coef, base, cv2.INTER_CUBIC)
+    b, resid, peak = lk.residual(moving[-1], coef, base, cv2.INTER_CUBIC)
     with np.errstate(divide="ignore", invalid="ignore"):
         own = np.linalg.solve(_regularised(lk.hmat), (lk.smat @ coef - b)[:, :, None])[:, :, 0]
     own = np.nan_to_num(own)
@@ -670,7 +773,7 @@ def estimate_local_shifts(
         suspect = (peak < typical_peak - 0.05) | (resid > 4.0 * typical_resid)
         valid &= ~_loo_outliers(centers, own, sig, valid, suspect, length, max_dev)
     if not valid.all():  # fit again from scratch without the rejected APs' data
-        coef = fit(np.zeros(2 * n), list(zip(passes, counts)), ~valid)
+        coef = fit(np.zeros(2 * n), schedule, ~valid)
     shifts = base + (kmat @ coef.reshape(2, n).T)  # the fitted field at the AP centres
     sig = np.where(valid[:, None], sig, np.inf)
     return LocalShifts(
@@ -697,14 +800,14 @@ def _sky_level(image: np.ndarray) -> float:
     return float(dark.mean()) if dark.size else lo
 
 
-def _intensity_match(ref: np.ndarray, mov: np.ndarray) -> tuple[float, float]:
-    """``(a, c)`` such that ``a * mov + c`` has ``ref``'s sky level and mean.
+def _intensity_match(ref: PreparedReference, mov: np.ndarray) -> tuple[float, float]:
+    """``(a, c)`` such that ``a * mov + c`` has the reference's sky level and mean.
 
     Blur changes neither, so a blurrier frame is not brightened to make up for
     its lower contrast (which would bias the patches at the limb).
     """
-    r_sky, m_sky = _sky_level(ref), _sky_level(mov)
-    r_level = float(ref.mean()) - r_sky
+    r_sky, m_sky = ref.sky, _sky_level(mov)
+    r_level = ref.level
     m_level = float(mov.mean()) - m_sky
     if m_level <= 1e-12 or r_level <= 1e-12:
         return 1.0, 0.0

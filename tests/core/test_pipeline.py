@@ -222,6 +222,7 @@ def test_first_frames_are_not_dewarped_until_the_anchor_holds_ap_min_frames(warp
 def _replayed(frames, outs, params, count):
     fresh = LiveStacker(params)
     accepted = [i for i, o in enumerate(outs) if o.accepted]
+    fresh.start_at(max(0, len(accepted) - count))
     for i in accepted[-count:]:
         fresh.replay(normalise_frame(frames[i]), outs[i])
     return fresh
@@ -232,11 +233,38 @@ def test_replaying_twice_the_buffer_rebuilds_the_stack_exactly(warped):
     for kw in ({}, {"keep": 7}):
         ls, outs = _run(frames[:40], **kw)
         fresh = _replayed(frames, outs, ls.params, ls.replay_frames)
-        assert ls.replay_frames == 40
+        assert ls.replay_frames == 2 * 20 + ls.params.ap_regrid_frames
         np.testing.assert_allclose(fresh.stacked(), ls.stacked(), atol=1e-6)
         for f in frames[40:]:  # and it carries on as the uninterrupted run
             assert fresh.add(normalise_frame(f)) == ls.add(normalise_frame(f))
         np.testing.assert_allclose(fresh.stacked(), ls.stacked(), atol=1e-6)
+
+
+def test_a_resume_mid_session_prepares_the_same_references(warped):
+    """APs are prepared every ap_regrid_frames accepted frames, counted from the
+    session's start: a replay of the last replay_frames, told how many came
+    before, de-warps the buffered frames and the next ones as the uninterrupted run."""
+    frames = warped.frames
+    ls, outs = _run(frames[:41], buffer_size=10, ap_regrid_frames=4)
+    accepted = [i for i, o in enumerate(outs) if o.accepted]
+    count = ls.replay_frames
+    assert count == 2 * 10 + 4 and (len(accepted) - count) % 4 != 0  # starts mid-period
+    fresh = _replayed(frames, outs, ls.params, count)
+    np.testing.assert_allclose(fresh.stacked(), ls.stacked(), atol=1e-6)
+    for f in frames[41:]:
+        assert fresh.add(normalise_frame(f)) == ls.add(normalise_frame(f))
+    np.testing.assert_allclose(fresh.stacked(), ls.stacked(), atol=1e-6)
+
+
+def test_the_prepared_reference_is_shared_within_a_period(warped):
+    ls, _ = _run(warped.frames[:12], buffer_size=10, ap_regrid_frames=4)
+    period, prep = ls._ap_ref
+    assert period == 11 // 4
+    ls.add(normalise_frame(warped.frames[12]))  # accepted #12 starts period 3
+    assert ls._ap_ref[0] == 3 and ls._ap_ref[1] is not prep
+    prep3 = ls._ap_ref[1]
+    ls.add(normalise_frame(warped.frames[13]))
+    assert ls._ap_ref[1] is prep3
 
 
 def test_replaying_only_the_buffer_dewarps_every_replayed_frame_again(warped):
