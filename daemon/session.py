@@ -142,6 +142,11 @@ class Session:
         After a failed output write, the next attempt waits ``retry_min_s``,
         doubling up to ``retry_max_s`` (a full disk is not hammered, nor the
         log flooded); the first write after recovery is logged.
+    sharpened_interval_s : float
+        A *quick* :meth:`write_outputs` (the daemon's, while frames arrive)
+        writes ``stacked.png`` every time but ``sharpened.png`` and
+        ``comparison.png`` (sharpening costs ~40 ms) at most this often; a
+        full write brings every image up to date.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class Session:
         output_inside_ok: bool = False,
         retry_min_s: float = 0.5,
         retry_max_s: float = 5.0,
+        sharpened_interval_s: float = 0.0,
     ) -> None:
         self.params = params
         self.input_root = Path(input_root).resolve()
@@ -173,7 +179,12 @@ class Session:
         self.stats = SessionStats()
         self._done: set[str] = set()
         self._retry: set[str] = set()  # keys whose last row has a transient reason
-        self._dirty = False
+        self._dirty = False  # stacked.png is stale
+        self._slow_dirty = False  # sharpened.png / comparison.png are stale
+        self._last_slow = -float("inf")
+        #: Names (``OUTPUT_NAMES`` keys) of the images the last successful write replaced.
+        self.last_written: tuple[str, ...] = ()
+        self.sharpened_interval_s = float(sharpened_interval_s)
         self._unsynced = False
         self._next_index = 0
         self.retry_min_s = retry_min_s
@@ -295,7 +306,7 @@ class Session:
         self.stats.processed += 1
         if outcome.accepted:
             self.stats.accepted += 1
-            self._dirty = True
+            self._dirty = self._slow_dirty = True
         else:
             self.stats.rejected += 1
             logger.bind(frame=key).warning("frame rejected: {}", outcome.reason)
@@ -336,6 +347,7 @@ class Session:
         # The stack's frames and, before them, the frames its alignment
         # reference was built from (see LiveStacker.replay_frames).
         replay = set(accepted[-self.stacker.replay_frames:])
+        self.stacker.start_at(len(accepted) - len(replay))
         start = min(min(replay), max(0, len(records) - p.quality_history))
         for i in range(start, len(records)):
             rec = records[i]
@@ -350,7 +362,7 @@ class Session:
             else:
                 self.stacker.note_history(outcome)
         if self.stats.resumed:
-            self._dirty = True
+            self._dirty = self._slow_dirty = True
             logger.info(
                 "resumed session: {} frames already done, {} replayed into the stack",
                 len(records), self.stats.resumed,
@@ -360,13 +372,18 @@ class Session:
     @property
     def dirty(self) -> bool:
         """True while something is not on disk yet: new images, or CSV rows waiting."""
-        return self._dirty or self.log.pending > 0
+        return self._dirty or self._slow_dirty or self.log.pending > 0
 
-    def render(self) -> dict[str, np.ndarray]:
-        """The current output images (working data), without writing them."""
+    def render(self, *, slow: bool = True) -> dict[str, np.ndarray]:
+        """The current output images (working data), without writing them.
+
+        ``slow=False``: only ``stacked`` (no sharpening).
+        """
         stacked = self.stacker.stacked()
         if stacked is None:
             return {}
+        if not slow:
+            return {"stacked": stacked}
         sharpened = self.stacker.sharpen(stacked)
         out = {"stacked": stacked, "sharpened": sharpened}
         best = self.stacker.best_crop()
@@ -388,8 +405,12 @@ class Session:
                          "order, once it works again", self.log.path, self.log.last_error)
             self._csv_waiting_logged = True
 
-    def write_outputs(self, *, force: bool = False) -> bool:
+    def write_outputs(self, *, force: bool = False, quick: bool = False) -> bool:
         """Replace the output images atomically if anything changed.
+
+        ``quick``: ``sharpened.png`` and ``comparison.png`` only if
+        ``sharpened_interval_s`` has passed since they were last written
+        (``stacked.png`` always); they stay marked stale until then.
 
         Also appends CSV rows waiting after a failed append. Returns True
         when images were written. An error (disk full, permissions, a
@@ -405,14 +426,21 @@ class Session:
             if self.log.flush_pending() and self._csv_waiting_logged:
                 logger.info("crop CSV appends work again: every waiting row is written")
                 self._csv_waiting_logged = False
-        if not self._dirty:
+        slow = self._slow_dirty and (
+            not quick or now - self._last_slow >= self.sharpened_interval_s
+        )
+        if not (self._dirty or slow):
             return False
+        written: list[str] = []
         try:
-            images = self.render()
+            images = self.render(slow=slow)
             for name, image in images.items():  # stacked first: the latency users see
+                if name == "stacked" and not self._dirty:
+                    continue  # only the slow images were due
                 atomic_write_bytes(
                     self.output_dir / OUTPUT_NAMES[name], encode_png16(image), fsync=False
                 )
+                written.append(name)
                 self._unsynced = True
             self.log.sync()
         except Exception as err:
@@ -432,6 +460,10 @@ class Session:
             self._failures = 0
             # a temporary file a failed write could not even remove (read-only file system)
             remove_stale_temps(self.output_dir, OUTPUT_NAMES.values())
+        self.last_written = tuple(written)
         self._dirty = False
+        if slow:
+            self._slow_dirty = False
+            self._last_slow = now
         self.stats.writes += 1
         return True

@@ -151,3 +151,38 @@ def test_prefetch_keeps_order_and_passes_errors(tmp_path, capture_copy):
     assert isinstance(got[4][1], FrameError)
     assert all(not isinstance(r, FrameError) for i, (_, r) in enumerate(got) if i != 4)
     loader.close()
+
+
+def test_quick_writes_refresh_the_stack_and_throttle_the_sharpened_images(capture_copy, tmp_path):
+    from luckystack.daemon.config import pipeline_params
+    from luckystack.daemon.session import Session
+
+    frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    out = tmp_path / "out"
+    with Session(pipeline_params(load_settings()), capture_copy, out,
+                 sharpened_interval_s=3600) as session:
+        for f in frames[:10]:
+            session.process(f)
+        assert session.write_outputs(quick=True)  # the first: everything (none written yet)
+        assert session.last_written == ("stacked", "sharpened", "comparison")
+        first = _digest(out)
+        for f in frames[10:20]:
+            session.process(f)
+        assert session.write_outputs(quick=True)
+        assert session.last_written == ("stacked",)
+        now = _digest(out)
+        assert now["stacked.png"] != first["stacked.png"]
+        assert now["sharpened.png"] == first["sharpened.png"]  # not due for an hour
+        assert now["comparison.png"] == first["comparison.png"]
+        assert session.dirty  # the sharpened images are still stale
+        assert not session.write_outputs(quick=True)  # nothing new is due
+        assert session.write_outputs()  # a full write (frames paused)
+        assert session.last_written == ("sharpened", "comparison")
+        assert not session.dirty
+        final = _digest(out)
+        assert final["stacked.png"] == now["stacked.png"]
+        assert final["sharpened.png"] != first["sharpened.png"]
+        expected = session.render()
+    sharpened = cv2.imread(str(out / "sharpened.png"), cv2.IMREAD_UNCHANGED)
+    want = np.clip(np.rint(expected["sharpened"] * 65535), 0, 65535)
+    assert np.abs(sharpened.astype(np.float64) - want).max() <= 1
