@@ -170,7 +170,7 @@ class PipelineParams:
     #: Reject a point whose own shift is further than this from the global shift, px.
     ap_search_px: float = 4.0
     #: Gauss-Newton iterations of the alignment points' field per frame.
-    ap_iterations: int = 4
+    ap_iterations: int = 3
     #: Drizzle the selected frames onto a grid this many times finer (1 = off).
     drizzle_scale: float = 1.0
     #: Drop size of the drizzle, fraction of an input pixel, in (0, 1].

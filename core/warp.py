@@ -996,10 +996,12 @@ def displacement_field(
         )
     if pts.shape[0] == 0:
         return field
+    # float32 products: the field is used in float32 (cv2.remap), ~2x faster.
     ey = np.exp(-0.5 * ((np.arange(h)[None, :] - pts[:, 0, None]) / length) ** 2)  # (n, H)
     ex = np.exp(-0.5 * ((np.arange(w)[None, :] - pts[:, 1, None]) / length) ** 2)  # (n, W)
+    ey32, ex32 = ey.T.astype(np.float32), ex.astype(np.float32)
     for axis in range(2):
-        field[axis] += (ey.T * coef[:, axis]) @ ex
+        field[axis] += (ey32 * coef[:, axis].astype(np.float32)) @ ex32
     return field
 
 
