@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "InputSettings",
+    "PreviewSettings",
     "load_settings",
     "pipeline_params",
     "PRESETS",
@@ -197,6 +198,10 @@ class OutputSettings(_Section):
 
     folder: Path | None = None
     write_comparison: bool = True
+    #: While frames arrive, ``watch`` rewrites stacked.png after every frame
+    #: (or batch) but sharpened.png and comparison.png at most this often
+    #: (sharpening costs ~40 ms per write); all are up to date once frames pause.
+    sharpened_interval_s: float = Field(1.0, ge=0, le=3600)
 
 
 class LoggingSettings(_Section):
@@ -206,6 +211,21 @@ class LoggingSettings(_Section):
     json_file: Path | None = None
     rotation: str = "10 MB"
     retention: int = Field(5, ge=1)
+
+
+class PreviewSettings(_Section):
+    """``[preview]``: the live preview in the browser (``watch`` only).
+
+    A read-only web page with the latest image and the session's numbers,
+    updated live. No authentication: it listens on this machine only unless
+    ``host`` says otherwise (``"0.0.0.0"``: every interface, e.g. for a phone
+    on the observatory's network). A change on reload (SIGHUP) restarts it.
+    """
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8080, ge=0, le=65535)
+    max_clients: int = Field(16, ge=1, le=256)
 
 
 class Settings(BaseSettings):
@@ -229,6 +249,7 @@ class Settings(BaseSettings):
     sharpen: SharpenSettings = SharpenSettings()
     output: OutputSettings = OutputSettings()
     logging: LoggingSettings = LoggingSettings()
+    preview: PreviewSettings = PreviewSettings()
 
     @model_validator(mode="after")
     def _drizzle_needs_mean(self) -> Settings:

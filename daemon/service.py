@@ -46,6 +46,7 @@ from loguru import logger
 from luckystack.daemon.config import ConfigError, Settings, load_settings, pipeline_params
 from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.notify import SystemdNotifier
+from luckystack.daemon.preview import PreviewServer, PreviewState, start_preview, stop_preview
 from luckystack.core.errors import FrameError
 from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
 from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key, prefetch
@@ -172,6 +173,8 @@ class Daemon:
         self._existing_left: list[Path] = []  # listed frames waiting for room in the queue
         self._retired = SessionStats()
         self.ser_outputs: list[Path] = []  # every SER session output folder, in order
+        self.preview_state = PreviewState(self.output_dir)  # what the [preview] page shows
+        self.preview: PreviewServer | None = None
 
     # -- control (thread- and signal-safe) ---------------------------------------
     def request_stop(self) -> None:
@@ -287,6 +290,7 @@ class Daemon:
         session = Session(
             pipeline_params(self.settings), self.input_dir, output_dir,
             write_comparison=self.settings.output.write_comparison, loader=self.loader,
+            sharpened_interval_s=self.settings.output.sharpened_interval_s,
         )
         session.open()
         if session.dirty:
@@ -364,6 +368,7 @@ class Daemon:
             self._close_session()
             return EXIT_FAILURE
         try:
+            self.preview = start_preview(self.preview_state, self.settings.preview)
             if self.settings.watch.existing == "all":
                 n = self._enqueue_existing()
                 if n:
@@ -376,6 +381,8 @@ class Daemon:
             return self._loop()
         finally:
             self.notifier.stopping()
+            stop_preview(self.preview)
+            self.preview = None
             self._stop_watching()
             self._close_session()
             self.loader.close()
@@ -417,6 +424,7 @@ class Daemon:
             return self._folder_lost()
         if self._existing_left and self.queue.qsize() <= self.queue.maxsize // 2:
             self._feed_existing()
+        processed_before = self.totals().processed
         if self._ser_backlog:
             wait = 0.0
         elif self.sers:
@@ -454,7 +462,9 @@ class Daemon:
         if self.sers and not self.flags.stop.is_set():
             self._ser_backlog = self._poll_sers()
         if not self._ser_backlog and self.queue.empty():
-            self._write()
+            # Frames came this turn: stacked.png now, the sharpened images when
+            # due; a turn without frames (a pause) brings them all up to date.
+            self._write(quick=self.totals().processed != processed_before)
         return None
 
     def _defer_after_backlog(self, batch: list[Path]) -> list[Path]:
@@ -476,7 +486,7 @@ class Daemon:
         if more_waiting and time.monotonic() - self._last_write < self.max_write_interval_s:
             self.coalesced += 1
         else:
-            self._write()
+            self._write(quick=True)
 
     def _claim(self, paths: list[Path]) -> list[Path]:
         """Take paths off the queued set; return those not yet in the CSV."""
@@ -491,8 +501,8 @@ class Daemon:
                 todo.append(path)
         return todo
 
-    @staticmethod
-    def _log_record(rec) -> None:
+    def _log_record(self, rec) -> None:
+        self.preview_state.record(rec)
         logger.bind(frame=rec.file).debug(
             "{} sharpness={} shift=({}, {})", rec.outcome, rec.sharpness, rec.shift_y, rec.shift_x
         )
@@ -585,6 +595,7 @@ class Daemon:
         if st.session is not None:
             if st.session.dirty and st.session.write_outputs():
                 self._last_write = time.monotonic()
+                self.preview_state.wrote(st.session.output_dir, st.session.last_written)
             s = st.session.stats
             _add_stats(self._retired, s)
             st.session.close()
@@ -598,13 +609,14 @@ class Daemon:
                 logger.bind(frame=st.path.name).warning("SER video not readable: {}", err)
         self.loader.forget(st.path)
 
-    def _write(self, force: bool = False) -> None:
+    def _write(self, force: bool = False, quick: bool = False) -> None:
         wrote = False
         for session in self.sessions():
             if not (session.dirty or force):
                 continue
-            if session.write_outputs(force=force):
+            if session.write_outputs(force=force, quick=quick and not force):
                 wrote = True
+                self.preview_state.wrote(session.output_dir, session.last_written)
         if wrote:
             self._last_write = time.monotonic()
         if self.coalesced > self._coalesced_logged:
@@ -658,6 +670,9 @@ class Daemon:
             self.loader = self._make_loader(new)
             if not self._open_session():
                 return
+        if new.preview != old.preview:  # restarted with the new address
+            stop_preview(self.preview)
+            self.preview = start_preview(self.preview_state, new.preview)
         if new.watch != old.watch:
             self._stop_watching()
             self._start_watching()
