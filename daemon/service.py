@@ -49,7 +49,7 @@ from luckystack.daemon.notify import SystemdNotifier
 from luckystack.daemon.preview import PreviewServer, PreviewState, start_preview, stop_preview
 from luckystack.core.errors import FrameError
 from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
-from luckystack.daemon.sources import FrameLoader, FrameRef, is_ser, parse_key, prefetch
+from luckystack.daemon.sources import FrameLoader, FrameRef, Prefetcher, is_ser, parse_key
 from luckystack.daemon.watcher import (
     REASON_DIRECTORY,
     REASON_EMPTY,
@@ -126,6 +126,9 @@ class Daemon:
         doubling up to this.
     """
 
+    #: Frame files decoded ahead at most (~1.2 MB each at 640 x 480 mono).
+    PREFETCH_DEPTH = 4
+
     def __init__(
         self,
         input_dir: Path,
@@ -167,6 +170,8 @@ class Daemon:
         self._queued_lock = threading.Lock()
         self.ready = threading.Event()
         self.loader = self._make_loader(settings)
+        #: Decodes frame files as the watcher reports them, while the worker is busy.
+        self.prefetcher = Prefetcher(self.loader.load, depth=self.PREFETCH_DEPTH)
         self.sers: dict[Path, _SerState] = {}
         self._ser_skip: dict[Path, int] = {}
         self._ser_backlog = False
@@ -207,6 +212,15 @@ class Daemon:
             self._queued.discard(key)
         return False
 
+    def _on_frame(self, path: Path) -> None:
+        """The watcher's callback for a complete frame file: decode it ahead, queue it.
+
+        Hinted before it is queued: the worker may take it the moment it is.
+        """
+        hinted = not is_ser(path) and self.prefetcher.hint(path)
+        if not self._enqueue(path) and hinted:
+            self.prefetcher.discard(path)
+
     def _on_ignored(self, path: Path, reason: str) -> None:
         if reason in _RECORDED_IGNORES and not is_ser(path):
             # Named like a frame: the worker records it with its reason.
@@ -219,7 +233,7 @@ class Daemon:
         w = self.settings.watch
         self.watcher = FolderWatcher(
             self.input_dir,
-            self._enqueue,
+            self._on_frame,
             recursive=w.recursive,
             polling=w.polling,
             poll_interval_s=w.poll_interval_s,
@@ -385,6 +399,7 @@ class Daemon:
             self.preview = None
             self._stop_watching()
             self._close_session()
+            self.prefetcher.close()
             self.loader.close()
             s = self.totals()
             logger.info(
@@ -449,16 +464,22 @@ class Daemon:
                 if is_ser(path):
                     self._follow_ser(path)
             files = self._claim([p for p in batch if not is_ser(p)])
-            frames = prefetch(self.session.loader.load, files)
+            depth = self.prefetcher.depth
+            taken = 0
             try:
-                for i, (path, loaded) in enumerate(frames):
+                for i, path in enumerate(files):
                     if self.flags.stop.is_set():
                         break  # the rest stays unprocessed (not in the CSV): found on restart
+                    for ahead in files[i + 1 : i + 1 + depth]:
+                        self.prefetcher.hint(ahead)
+                    loaded = self.prefetcher.take(path)
+                    taken = i + 1
                     self._log_record(self.session.process(path, loaded))
                     self._after_frame(i + 1 < len(files) or not self.queue.empty())
                     self._housekeeping()
             finally:
-                frames.close()
+                for path in files[taken:]:
+                    self.prefetcher.discard(path)
         if self.sers and not self.flags.stop.is_set():
             self._ser_backlog = self._poll_sers()
         if not self._ser_backlog and self.queue.empty():
@@ -478,6 +499,7 @@ class Daemon:
                 continue
             with self._queued_lock:
                 self._queued.discard(str(path))
+            self.prefetcher.discard(path)
             bisect.insort(self._existing_left, path, key=natural_key)
         return keep
 
@@ -499,6 +521,8 @@ class Daemon:
             if not self.session.is_done(path) and path not in seen:
                 seen.add(path)
                 todo.append(path)
+            elif path not in seen:
+                self.prefetcher.discard(path)
         return todo
 
     def _log_record(self, rec) -> None:
@@ -666,8 +690,10 @@ class Daemon:
             # A new session resumes from the CSV, so the stack carries on
             # (SER sessions are reopened when their next frame comes).
             self._close_session()
+            self.prefetcher.close()
             self.loader.close()
             self.loader = self._make_loader(new)
+            self.prefetcher = Prefetcher(self.loader.load, depth=self.PREFETCH_DEPTH)
             if not self._open_session():
                 return
         if new.preview != old.preview:  # restarted with the new address

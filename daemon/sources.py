@@ -23,6 +23,8 @@ Time stamps: the SER trailer, FITS ``DATE-OBS``, else the file's mtime.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +50,8 @@ __all__ = [
     "is_ser",
     "frame_key",
     "parse_key",
+    "prefetch",
+    "Prefetcher",
 ]
 
 SER_SUFFIXES = frozenset({".ser"})
@@ -316,3 +320,118 @@ def prefetch(
                 result = err
             yield item, result
 
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """``(inode, size, mtime_ns)`` of a file, None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Prefetcher:
+    """Decode frame files ahead, by path, on one background thread.
+
+    The live daemon hints each frame file as the watcher reports it complete,
+    so its decoding runs while the worker still processes the frame before
+    (OpenCV and zlib release the GIL: both cores work even when frames come
+    one at a time); the worker then :meth:`take`\\ s it in its turn. At most
+    ``depth`` frames are held decoded (or in flight): further hints are
+    ignored and those frames are decoded when taken. A frame whose file
+    changed (inode, size or modification time) after it was read ahead is
+    read again when taken, so a rewritten frame is never used stale. Frame
+    *files* only: SER frames share one reader on the worker's thread.
+
+    Parameters
+    ----------
+    load : callable
+        ``FrameLoader.load``; any exception it raises is returned by
+        :meth:`take` in place of the frame, as :func:`prefetch` does.
+    depth : int
+        Frames held ahead at most.
+    stale_s : float
+        A frame held longer than this without being taken (its path was
+        dropped without :meth:`discard`) gives its room to a new hint.
+    """
+
+    def __init__(
+        self, load: Callable[[Path], LoadedFrame], depth: int = 4, *, stale_s: float = 60.0
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._load = load
+        self.depth = depth
+        self.stale_s = stale_s
+        self._since: dict[str, float] = {}  # when each held path was hinted
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luckystack-decode")
+        self._ahead: OrderedDict[str, Future[tuple[object, LoadedFrame | Exception]]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        #: Frames taken decoded ahead, and taken but read again (changed since).
+        self.hits = 0
+        self.rereads = 0
+
+    def _read(self, path: Path) -> tuple[object, LoadedFrame | Exception]:
+        sig = _signature(path)  # before reading: a change during the read shows
+        try:
+            return sig, self._load(path)
+        except Exception as err:  # recorded as the frame's rejection reason
+            return sig, err
+
+    def hint(self, path: Path) -> bool:
+        """Start decoding ``path`` if there is room; True if it is (now) ahead."""
+        if is_ser(path):
+            return False
+        key = str(path)
+        with self._lock:
+            if self._closed:
+                return False
+            if key in self._ahead:
+                return True
+            if len(self._ahead) >= self.depth:
+                oldest = next(iter(self._ahead))
+                if time.monotonic() - self._since[oldest] < self.stale_s:
+                    return False
+                self._ahead.pop(oldest).cancel()
+                del self._since[oldest]
+            self._ahead[key] = self._pool.submit(self._read, Path(path))
+            self._since[key] = time.monotonic()
+        return True
+
+    def discard(self, path: Path) -> None:
+        """Forget ``path``'s read-ahead (it will not be taken)."""
+        with self._lock:
+            fut = self._ahead.pop(str(path), None)
+            self._since.pop(str(path), None)
+        if fut is not None:
+            fut.cancel()
+
+    def take(self, path: Path) -> LoadedFrame | Exception:
+        """The decoded frame of ``path`` (or the error decoding it raised)."""
+        with self._lock:
+            fut = self._ahead.pop(str(path), None)
+            self._since.pop(str(path), None)
+        if fut is not None and not fut.cancel():
+            sig, loaded = fut.result()
+            if sig == _signature(path):  # unchanged (or still missing)
+                self.hits += 1
+                return loaded
+            self.rereads += 1
+        try:
+            return self._load(Path(path))
+        except Exception as err:
+            return err
+
+    def close(self) -> None:
+        """Drop what is ahead and stop the thread (waits for a read in flight)."""
+        with self._lock:
+            self._closed = True
+            ahead, self._ahead = self._ahead, OrderedDict()
+            self._since.clear()
+        for fut in ahead.values():
+            fut.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -49,6 +49,8 @@ def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session)
             t.join()
         assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
         assert _wait_for(lambda: not d.session.dirty)
+    # frames were decoded as they arrived, while the worker processed the one before
+    assert d.prefetcher.hits > 0
     rows = _rows(out / "crops.csv")
     assert len(rows) == 60
     assert len({r["file"] for r in rows}) == 60
