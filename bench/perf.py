@@ -245,8 +245,22 @@ def stop(p: subprocess.Popen, grace_s: float = 15.0) -> Reaped:
     return r
 
 
+#: Config overrides of every measurement (--set), as LUCKYSTACK_* variables.
+OVERRIDES: dict[str, str] = {}
+
+
+def override_env(assignment: str) -> tuple[str, str]:
+    """``"align.alignment_points=false"`` -> ``("LUCKYSTACK_ALIGN__ALIGNMENT_POINTS", "false")``."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {assignment!r}")
+    name = "LUCKYSTACK_" + "__".join(part.strip().upper() for part in key.split("."))
+    return name, value.strip()
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in ORIG_ENV.items() if not k.startswith("LUCKYSTACK_")}
+    env.update(OVERRIDES)
     env.update(extra)
     return env
 
@@ -935,7 +949,9 @@ def build_report(r: dict, plan: Plan) -> str:
         "",
         f"luckystack {r['git']}; {r['date']}; {os.cpu_count()} CPUs; "
         f"Python {sys.version.split()[0]}, OpenCV {cv2.__version__}, numpy {np.__version__}; "
-        f"bench took {r['seconds']:.0f} s.",
+        f"bench took {r['seconds']:.0f} s."
+        + (" Config overrides: " + ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items())
+           + "." if r.get("overrides") else " Default config."),
         "",
         f"Frames: {SHAPE[1]}×{SHAPE[0]} 8-bit mono PNG (~{r['png_kb']:.0f} kB), "
         f"`simulate_session` radius 100 px with noise, {plan.unique} unique frames (1 black, "
@@ -968,7 +984,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="report (default bench/results/perf.md, perf_quick.md with --quick)")
     ap.add_argument("--no-pss", action="store_true", help="skip PlanetarySystemStacker")
+    ap.add_argument("--set", action="append", default=[], type=override_env,
+                    metavar="SECTION.KEY=VALUE",
+                    help="config override for every measurement, e.g. "
+                    "align.alignment_points=false (repeatable)")
     args = ap.parse_args(argv)
+    OVERRIDES.update(dict(args.set))
+    for name in [k for k in os.environ if k.startswith("LUCKYSTACK_")]:
+        del os.environ[name]  # the in-process runs read the environment too
+    os.environ.update(OVERRIDES)
     plan = QUICK if args.quick else FULL
     out_md = args.out or REPO / "bench" / "results" / ("perf_quick.md" if args.quick else "perf.md")
     profile_path = out_md.with_name(out_md.stem + "_profile.txt")
@@ -988,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
 
-    results: dict = {"plan": asdict(plan), "git": _git_state(),
+    results: dict = {"plan": asdict(plan), "git": _git_state(), "overrides": dict(OVERRIDES),
                      "date": time.strftime("%Y-%m-%d %H:%M %Z"), "skipped": []}
     tmp = Path(tempfile.mkdtemp(prefix="luckystack_perf_"))
     try:

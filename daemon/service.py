@@ -115,6 +115,11 @@ class Daemon:
     notifier : SystemdNotifier, optional
     max_write_interval_s : float
         During a backlog, outputs are still written at least this often.
+    min_write_interval_s : float
+        While frames arrive, ``stacked.png`` is replaced at most this often
+        (each write costs ~3 ms: at 100 frames/s a write per frame would take
+        a third of the worker's time); the last frame before a pause is
+        written once this has passed.
     ser_poll_s : float
         How often a growing SER video is checked for new complete frames.
     ser_finish_s : float
@@ -139,6 +144,7 @@ class Daemon:
         overrides: dict | None = None,
         notifier: SystemdNotifier | None = None,
         max_write_interval_s: float = 2.0,
+        min_write_interval_s: float = 0.05,
         idle_tick_s: float = 0.25,
         ser_poll_s: float = 0.05,
         ser_finish_s: float = 1.0,
@@ -152,6 +158,7 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.notifier = notifier or SystemdNotifier(address="")
         self.max_write_interval_s = max_write_interval_s
+        self.min_write_interval_s = min_write_interval_s
         self.idle_tick_s = idle_tick_s
         self.ser_poll_s = ser_poll_s
         self.ser_finish_s = ser_finish_s
@@ -446,6 +453,12 @@ class Daemon:
             wait = self.ser_poll_s
         else:
             wait = self.idle_tick_s
+        # A stack not yet on disk (writes are spaced min_write_interval_s): wake
+        # when it is due, unless a frame comes first.
+        write_due = None
+        if any(s.stack_stale for s in self.sessions()):
+            write_due = self._last_write + self.min_write_interval_s
+            wait = min(wait, max(0.0, write_due - time.monotonic()))
         try:
             first = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
         except queue.Empty:
@@ -483,9 +496,16 @@ class Daemon:
         if self.sers and not self.flags.stop.is_set():
             self._ser_backlog = self._poll_sers()
         if not self._ser_backlog and self.queue.empty():
-            # Frames came this turn: stacked.png now, the sharpened images when
-            # due; a turn without frames (a pause) brings them all up to date.
-            self._write(quick=self.totals().processed != processed_before)
+            # Frames came this turn (or their write fell due): stacked.png, the
+            # sharpened images when due; a turn without frames (a pause of
+            # idle_tick_s) brings them all up to date.
+            busy = self.totals().processed != processed_before or (
+                write_due is not None and first is None
+            )
+            if not busy:
+                self._write()
+            elif time.monotonic() - self._last_write >= self.min_write_interval_s:
+                self._write(quick=True)
         return None
 
     def _defer_after_backlog(self, batch: list[Path]) -> list[Path]:
@@ -505,8 +525,11 @@ class Daemon:
 
     def _after_frame(self, more_waiting: bool) -> None:
         """Write the outputs after a frame, or count the write as coalesced."""
-        if more_waiting and time.monotonic() - self._last_write < self.max_write_interval_s:
+        since = time.monotonic() - self._last_write
+        if more_waiting and since < self.max_write_interval_s:
             self.coalesced += 1
+        elif not more_waiting and since < self.min_write_interval_s:
+            self.coalesced += 1  # written when due (see _step)
         else:
             self._write(quick=True)
 

@@ -370,6 +370,11 @@ class Session:
 
     # -- outputs ---------------------------------------------------------------
     @property
+    def stack_stale(self) -> bool:
+        """True while stacked.png is older than the stack."""
+        return self._dirty
+
+    @property
     def dirty(self) -> bool:
         """True while something is not on disk yet: new images, or CSV rows waiting."""
         return self._dirty or self._slow_dirty or self.log.pending > 0

@@ -415,7 +415,9 @@ class Prefetcher:
         with self._lock:
             fut = self._ahead.pop(str(path), None)
             self._since.pop(str(path), None)
-        if fut is not None and not fut.cancel():
+        if fut is not None:
+            # Wait even if its decoding has not started: the decode thread may
+            # just be waiting for the GIL this (idle) worker is about to release.
             sig, loaded = fut.result()
             if sig == _signature(path):  # unchanged (or still missing)
                 self.hits += 1

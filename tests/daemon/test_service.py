@@ -129,6 +129,24 @@ def test_watch_and_run_give_identical_images(tmp_path, capture_copy):
         assert (out / name).read_bytes() == (tmp_path / "run_out" / name).read_bytes()
 
 
+def test_frames_one_at_a_time_share_writes_and_the_pause_writes_the_last(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames[:30]]
+    with Running(inp, out, min_write_interval_s=0.5) as d:
+        for i, data in enumerate(payloads):
+            (inp / f"frame_{i + 1}.png").write_bytes(data)
+            time.sleep(0.02)  # one frame at a time, faster than the writes may follow
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 30)
+        assert _wait_for(lambda: not d.session.dirty)
+        writes = d.session.stats.writes
+    # 30 frames in ~0.6 s: a write at most every 0.5 s, and the one after the pause
+    assert 1 <= writes < 15
+    run_batch(inp, tmp_path / "run_out", load_settings())
+    for name in ("stacked.png", "sharpened.png", "comparison.png"):
+        assert (out / name).read_bytes() == (tmp_path / "run_out" / name).read_bytes()
+
+
 def test_existing_none_ignores_frames_present_at_start(tmp_path, capture_copy):
     settings = load_settings()
     settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"existing": "none"})})
