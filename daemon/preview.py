@@ -124,20 +124,34 @@ class PreviewState:
     # -- the daemon's side: cheap, never waits for a client -------------------------
     def record(self, rec: Any) -> None:
         """Count one processed frame (a ``CropRecord``: outcome, sharpness, file, stacked)."""
-        accepted = rec.outcome == "accepted"
-        q = rec.sharpness
         with self._cond:
-            self._processed += 1
-            self._last = (str(rec.file), str(rec.outcome), str(rec.reason or ""))
-            if accepted:
-                self._accepted += 1
-                self._stacked = int(rec.stacked)
-                if q is not None and math.isfinite(q):
-                    self._quality = float(q)
-                    self._history.append((self._processed, float(q)))
+            self._count(rec)
             self._updated = time.time()
             self._seq += 1
             self._cond.notify_all()
+
+    def seed(self, records: list[Any]) -> None:
+        """Start from a session's CSV rows (a resumed session): counts, history, last."""
+        with self._cond:
+            self._processed = self._accepted = self._stacked = 0
+            self._quality, self._last = None, None
+            self._history.clear()
+            for rec in records:
+                self._count(rec)
+            self._updated = time.time()
+            self._seq += 1
+            self._cond.notify_all()
+
+    def _count(self, rec: Any) -> None:
+        self._processed += 1
+        self._last = (str(rec.file), str(rec.outcome), str(rec.reason or ""))
+        if rec.outcome == "accepted":
+            self._accepted += 1
+            self._stacked = int(rec.stacked or 0)
+            q = rec.sharpness
+            if q is not None and math.isfinite(q):
+                self._quality = float(q)
+                self._history.append((self._processed, float(q)))
 
     def wrote(self, folder: Path, names: tuple[str, ...] = IMAGES) -> None:
         """New output images ``names`` were written (atomically) into ``folder``.

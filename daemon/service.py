@@ -314,6 +314,9 @@ class Daemon:
             sharpened_interval_s=self.settings.output.sharpened_interval_s,
         )
         session.open()
+        if output_dir == self.output_dir:  # the folder's session: the page counts its CSV
+            self.preview_state.seed(session.opened_records)
+        session.opened_records = []
         if session.dirty:
             session.write_outputs()
         return session

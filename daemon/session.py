@@ -202,6 +202,8 @@ class Session:
             logger.info("removed {} temporary output file(s) left by an interrupted write",
                         len(stale))
         records = self.log.open()
+        #: The rows the CSV held when opened (the daemon shows them in the preview).
+        self.opened_records = records
         self._done = {r.file for r in records}
         last_reason = {r.file: r.reason for r in records}
         self._retry = {k for k, reason in last_reason.items() if is_transient_reason(reason)}

@@ -580,6 +580,21 @@ def test_watch_daemon_serves_its_state_and_images(tmp_path, small_session, caplo
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+def test_a_restarted_daemon_counts_the_session_from_its_csv(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    with DaemonThread(inp, out, _preview_settings()) as d:
+        _write_frames(inp, small_session.frames[:8])
+        assert wait_for(lambda: len(csv_rows(out / "crops.csv")) >= 8)
+        before = state_json(d.preview.port)
+    with DaemonThread(inp, out, _preview_settings()) as d:
+        s = state_json(d.preview.port)  # nothing new yet: the CSV's 8 rows
+        assert s["frames"] == 8 and s["accepted"] == before["accepted"]
+        assert s["history"] == before["history"] and s["quality"] == before["quality"]
+        _write_frames(inp, small_session.frames[8:10], start=9)
+        assert wait_for(lambda: state_json(d.preview.port)["frames"] == 10)
+
+
 def test_watch_daemon_preview_shows_the_latest_ser_session(tmp_path, small_session):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
