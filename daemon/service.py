@@ -173,6 +173,9 @@ class Daemon:
         self._last_write = 0.0
         self._last_status = 0.0
         self._last_ping = 0.0
+        self._behind_logged = -float("inf")
+        self._batch_left = 0  # frames of the worker's current batch not processed yet
+        self._behind_mark: tuple[float, int] | None = None  # (time, processed) at the last check
         self._queued: set[str] = set()
         self._queued_lock = threading.Lock()
         self.ready = threading.Event()
@@ -490,10 +493,12 @@ class Daemon:
                         self.prefetcher.hint(ahead)
                     loaded = self.prefetcher.take(path)
                     taken = i + 1
+                    self._batch_left = len(files) - taken
                     self._log_record(self.session.process(path, loaded))
                     self._after_frame(i + 1 < len(files) or not self.queue.empty())
                     self._housekeeping()
             finally:
+                self._batch_left = 0
                 for path in files[taken:]:
                     self.prefetcher.discard(path)
         if self.sers and not self.flags.stop.is_set():
@@ -693,6 +698,28 @@ class Daemon:
         if now - self._last_status >= 2.0:
             self.notifier.status(self._status_text())
             self._last_status = now
+        if now - (self._behind_mark or (-float("inf"), 0))[0] >= self.BEHIND_CHECK_S:
+            self._check_behind(now)
+
+    #: A backlog of this many frames is reported (at most once a minute) ...
+    BEHIND_FRAMES = 200
+    #: ... checked this often.
+    BEHIND_CHECK_S = 2.0
+
+    def _check_behind(self, now: float) -> None:
+        """Warn when frames wait faster than they are stacked (a camera too fast)."""
+        processed = self.totals().processed
+        mark, self._behind_mark = self._behind_mark, (now, processed)
+        waiting = self.queue.qsize() + len(self._existing_left) + self._batch_left
+        if mark is None or waiting < self.BEHIND_FRAMES or now - self._behind_logged < 60.0:
+            return
+        rate = (processed - mark[1]) / max(now - mark[0], 1e-9)
+        self._behind_logged = now
+        logger.warning(
+            "{} frames waiting, stacking {:.0f} frames/s: every frame is still stacked, in "
+            "order, and the outputs catch up when the frames pause. If the camera delivers "
+            "frames faster than that, see README, Performance (e.g. [align] alignment_points = "
+            "false)", waiting, rate)
 
     def _reload(self) -> None:
         logger.info("reloading configuration")

@@ -147,6 +147,24 @@ def test_frames_one_at_a_time_share_writes_and_the_pause_writes_the_last(tmp_pat
         assert (out / name).read_bytes() == (tmp_path / "run_out" / name).read_bytes()
 
 
+def test_a_growing_backlog_is_reported_and_every_frame_still_stacked(tmp_path, small_session,
+                                                                      caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames]
+    for i in range(600):
+        (inp / f"frame_{i + 1}.png").write_bytes(payloads[i % len(payloads)])
+    runner = Running(inp, out)
+    runner.daemon.BEHIND_FRAMES, runner.daemon.BEHIND_CHECK_S = 20, 0.02
+    with runner as d:
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 600)
+        assert _wait_for(lambda: not d.session.dirty)
+    warnings = [r for r in caplog.records if "frames waiting, stacking" in r.getMessage()]
+    assert len(warnings) == 1  # at most once a minute
+    assert "alignment_points = false" in warnings[0].getMessage()
+    assert len(_rows(out / "crops.csv")) == 600
+
+
 def test_existing_none_ignores_frames_present_at_start(tmp_path, capture_copy):
     settings = load_settings()
     settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"existing": "none"})})
