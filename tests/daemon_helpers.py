@@ -7,9 +7,12 @@ Importable from the test modules because pytest's ``pythonpath`` includes
 from __future__ import annotations
 
 import csv
+import os
 import threading
 import time
 from pathlib import Path
+
+import cv2
 
 from luckystack.daemon.config import load_settings
 from luckystack.daemon.service import Daemon
@@ -23,6 +26,17 @@ def wait_for(cond, timeout: float = 60.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(cond())
+
+
+def write_frames(folder, frames, start: int = 1) -> None:
+    """Write ``frames`` as ``frame_<start>.png``... the way capture programs do:
+    a hidden partial file renamed into place (one complete frame each)."""
+    for i, frame in enumerate(frames, start=start):
+        ok, buf = cv2.imencode(".png", frame)
+        assert ok
+        tmp = Path(folder) / f".frame_{i}.png.part"
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, Path(folder) / f"frame_{i}.png")
 
 
 def csv_rows(csv_path) -> list[dict[str, str]]:

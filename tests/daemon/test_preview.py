@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -28,7 +27,7 @@ from luckystack.daemon.preview import (
 )
 from luckystack.daemon.ser import SerColor, write_ser
 
-from daemon_helpers import DaemonThread, csv_rows, wait_for
+from daemon_helpers import DaemonThread, csv_rows, wait_for, write_frames
 
 TIMEOUT = 30.0
 
@@ -540,15 +539,6 @@ def _preview_settings(port: int = 0):
     return load_settings(preview={"enabled": True, "port": port})
 
 
-def _write_frames(folder: Path, frames, start: int = 1) -> None:
-    for i, frame in enumerate(frames, start=start):
-        ok, buf = cv2.imencode(".png", frame)
-        assert ok
-        tmp = folder / f".frame_{i}.png.part"
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, folder / f"frame_{i}.png")
-
-
 def test_watch_daemon_serves_its_state_and_images(tmp_path, small_session, caplog):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -559,7 +549,7 @@ def test_watch_daemon_serves_its_state_and_images(tmp_path, small_session, caplo
         assert f"preview at http://127.0.0.1:{port}/" in caplog.text
         assert get(port, "/")[0] == 200
         assert state_json(port)["frames"] == 0
-        _write_frames(inp, small_session.frames[:12])
+        write_frames(inp, small_session.frames[:12])
         assert wait_for(lambda: len(csv_rows(out / "crops.csv")) >= 12)
         assert wait_for(lambda: not d.session.dirty)
         rows = csv_rows(out / "crops.csv")
@@ -584,14 +574,14 @@ def test_a_restarted_daemon_counts_the_session_from_its_csv(tmp_path, small_sess
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     with DaemonThread(inp, out, _preview_settings()) as d:
-        _write_frames(inp, small_session.frames[:8])
+        write_frames(inp, small_session.frames[:8])
         assert wait_for(lambda: len(csv_rows(out / "crops.csv")) >= 8)
         before = state_json(d.preview.port)
     with DaemonThread(inp, out, _preview_settings()) as d:
         s = state_json(d.preview.port)  # nothing new yet: the CSV's 8 rows
         assert s["frames"] == 8 and s["accepted"] == before["accepted"]
         assert s["history"] == before["history"] and s["quality"] == before["quality"]
-        _write_frames(inp, small_session.frames[8:10], start=9)
+        write_frames(inp, small_session.frames[8:10], start=9)
         assert wait_for(lambda: state_json(d.preview.port)["frames"] == 10)
 
 
@@ -619,7 +609,7 @@ def test_a_port_in_use_is_logged_and_stacking_carries_on(tmp_path, small_session
         port = blocker.getsockname()[1]
         with DaemonThread(inp, out, _preview_settings(port)) as d:
             assert d.preview is None
-            _write_frames(inp, small_session.frames[:5])
+            write_frames(inp, small_session.frames[:5])
             assert wait_for(lambda: len(csv_rows(out / "crops.csv")) >= 5)
     assert "cannot start the preview on 127.0.0.1" in caplog.text
     assert "stacking carries on without it" in caplog.text

@@ -13,12 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import pytest
 
 from luckystack.daemon.config import load_settings
 
-from daemon_helpers import DaemonThread, wait_for
+from daemon_helpers import DaemonThread, wait_for, write_frames
 
 CHROMIUM = os.environ.get("LUCKYSTACK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -71,15 +70,6 @@ def artifacts_dir() -> Path:
     return folder
 
 
-def _write(folder: Path, frames, start: int) -> None:
-    for i, frame in enumerate(frames, start=start):
-        ok, buf = cv2.imencode(".png", frame)
-        assert ok
-        tmp = folder / f".frame_{i}.png.part"
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, folder / f"frame_{i}.png")
-
-
 @needs_chromium
 def test_page_shows_new_frames_live_without_reload(tmp_path, small_session):
     from playwright.sync_api import sync_playwright
@@ -91,7 +81,7 @@ def test_page_shows_new_frames_live_without_reload(tmp_path, small_session):
     with DaemonThread(inp, out, settings) as d:
         url = f"http://127.0.0.1:{d.preview.port}/"
         state = d.preview_state
-        _write(inp, small_session.frames[:3], start=1)
+        write_frames(inp, small_session.frames[:3], start=1)
         assert wait_for(lambda: state.snapshot()["frames"] == 3 and state.snapshot()["version"] > 0)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -110,7 +100,7 @@ def test_page_shows_new_frames_live_without_reload(tmp_path, small_session):
                 first = page.evaluate(IMAGE_HASH)
                 assert src.startswith("/image/sharpened.png?v=")
 
-                _write(inp, small_session.frames[3:24], start=4)  # frame 8 is black: rejected
+                write_frames(inp, small_session.frames[3:24], start=4)  # frame 8 is black: rejected
                 assert wait_for(lambda: state.snapshot()["frames"] == 24)
                 # (sharpened.png may lag stacked.png while frames arrive: wait for
                 # other pixels, not just for another version in the URL)
