@@ -289,37 +289,38 @@ class FrameLoader:
 
 
 def prefetch(
-    load: Callable[[FrameRef | Path], LoadedFrame],
-    items: Iterable[FrameRef | Path],
+    load: Callable[[Path], LoadedFrame],
+    items: Iterable[Path],
     *,
     depth: int = 3,
-) -> Iterator[tuple[FrameRef | Path, LoadedFrame | Exception]]:
+) -> Iterator[tuple[Path, LoadedFrame | Exception]]:
     """Yield ``(item, loaded frame or FrameError)`` in order, decoding ahead.
 
     Up to ``depth`` frames are read and decoded on one background thread
-    while the caller processes the previous one; OpenCV and zlib release
-    the GIL while decoding, so both cores work. Use it for frame *files*
-    only: SER frames share one open reader, which must stay on one thread.
-    Closing the generator early waits for the (at most ``depth``) loads in
+    (a :class:`Prefetcher`) while the caller processes the previous one;
+    OpenCV and zlib release the GIL while decoding, so both cores work. Use
+    it for frame *files* only: SER frames share one open reader, which must
+    stay on one thread. Closing the generator early waits for the load in
     flight. Any exception a load raises (not only FrameError: a MemoryError,
     an OpenCV error) is yielded in place of the frame, never raised here.
     """
+    ahead = Prefetcher(load, depth=depth)
     it = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="luckystack-decode") as pool:
-        pending: deque[tuple[FrameRef | Path, Future[LoadedFrame]]] = deque()
+    window: deque[Path] = deque()
+    try:
         for item in islice(it, depth):
-            pending.append((item, pool.submit(load, item)))
-        while pending:
-            item, future = pending.popleft()
+            ahead.hint(item)
+            window.append(item)
+        while window:
+            item = window.popleft()
+            result = ahead.take(item)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(load, nxt)))
-            try:
-                result: LoadedFrame | Exception = future.result()
-            except Exception as err:  # recorded as the frame's rejection reason
-                result = err
+                ahead.hint(nxt)
+                window.append(nxt)
             yield item, result
-
+    finally:
+        ahead.close()
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
