@@ -74,6 +74,7 @@ from scipy import fft as sp_fft
 
 from luckystack.core.crop import (
     CropBox,
+    DiscMeasurement,
     box_around,
     expand_box,
     extract_box,
@@ -108,6 +109,7 @@ from luckystack.core.warp import (
 __all__ = [
     "SharpenParams",
     "PipelineParams",
+    "FrameMeasure",
     "FrameOutcome",
     "LiveStacker",
     "apply_sharpening",
@@ -316,6 +318,27 @@ def _padded_region(data: np.ndarray, box: CropBox, margin: int) -> np.ndarray:
     return np.pad(data[cy0:cy1, cx0:cx1], pads, mode="edge").astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class FrameMeasure:
+    """What one frame tells on its own (:meth:`LiveStacker.measure`).
+
+    Pure, so it may be computed on another thread (while the previous frame
+    is stacked) and handed to :meth:`LiveStacker.add`, which then skips
+    these steps with the same result. ``error`` is the FrameError the frame
+    is rejected with (blank, clipped, saturated); ``box``, ``crop_lum`` and
+    ``sharpness`` are None until the session's crop size is known.
+    """
+
+    params: PipelineParams
+    lum: np.ndarray
+    disc: DiscMeasurement | None = None
+    error: FrameError | None = None
+    crop_size_hw: tuple[int, int] | None = None
+    box: CropBox | None = None
+    crop_lum: np.ndarray | None = None
+    sharpness: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class FrameOutcome:
     """What the pipeline decided about one frame (one CSV row's content).
@@ -466,8 +489,43 @@ class LiveStacker:
     def stack_size(self) -> int:
         return 0 if self._stack is None else len(self._stack)
 
-    def add(self, frame: Frame) -> FrameOutcome:
+    def measure(self, frame: Frame) -> FrameMeasure | None:
+        """The steps of :meth:`add` that depend on ``frame`` alone; None for ``seed``.
+
+        Reads the stacker's crop size and changes nothing: it may run on
+        another thread while :meth:`add` stacks the frame before.
+        """
+        p = self.params
+        if p.method == "seed":
+            return None
+        lum = luminance(frame.data)
+        try:
+            found = find_disc(lum)
+            if found.touches_edge:
+                raise FrameError("planet clipped by the frame edge")
+            disc_lum = extract_box(lum, found.disc)
+            saturated = float((disc_lum >= p.saturation_level).mean())
+            if saturated > p.max_saturated_fraction:
+                raise FrameError(f"saturated: {saturated:.1%} of the disc at white")
+        except FrameError as err:
+            return FrameMeasure(p, lum, error=err)
+        size = self.crop_size_hw
+        if size is None:
+            return FrameMeasure(p, lum, found)
+        box = box_around(found.center_yx, size)
+        crop_lum = extract_box(lum, box)
+        score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
+        return FrameMeasure(p, lum, found, None, size, box, crop_lum, score)
+
+    def add(self, frame: Frame, measure: FrameMeasure | None = None) -> FrameOutcome:
         """Run one frame through the pipeline; never raises for a bad frame.
+
+        Parameters
+        ----------
+        frame : Frame
+        measure : FrameMeasure, optional
+            :meth:`measure` of this frame, computed ahead; the same outcome
+            as without it.
 
         Returns
         -------
@@ -479,7 +537,9 @@ class LiveStacker:
             if self.params.method == "seed":
                 outcome = self._add_seed(frame)
             else:
-                outcome = self._add_default(frame)
+                if measure is None or measure.params is not self.params:
+                    measure = self.measure(frame)
+                outcome = self._add_default(frame, measure)
         except (FrameError, RegistrationError) as err:
             outcome = FrameOutcome(accepted=False, reason=str(err))
         if outcome.accepted:
@@ -844,18 +904,14 @@ class LiveStacker:
             stacked=len(self._stack) if self._stack is not None else 0,
         )
 
-    def _add_default(self, frame: Frame) -> FrameOutcome:
+    def _add_default(self, frame: Frame, measure: FrameMeasure) -> FrameOutcome:
         p = self.params
         self._check_channels(frame)
-        lum = luminance(frame.data)
-        found = find_disc(lum)
-        if found.touches_edge:
-            raise FrameError("planet clipped by the frame edge")
+        if measure.error is not None:
+            raise measure.error
+        lum, found = measure.lum, measure.disc
+        assert found is not None
         disc_box = found.disc
-        disc_lum = extract_box(lum, disc_box)
-        saturated = float((disc_lum >= p.saturation_level).mean())
-        if saturated > p.max_saturated_fraction:
-            raise FrameError(f"saturated: {saturated:.1%} of the disc at white")
         center = found.center_yx
         size = (disc_box.height, disc_box.width)
         base = dict(disc=disc_box, center_yx=center)
@@ -874,9 +930,12 @@ class LiveStacker:
             h, w = expand_box(disc_box, p.crop_margin, multiple=2)
             # Sizes with small prime factors keep the registration FFTs fast.
             self.crop_size_hw = (_fast_even(h), _fast_even(w))
-        box = box_around(center, self.crop_size_hw)
-        crop_lum = extract_box(lum, box)
-        score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
+        if measure.crop_size_hw == self.crop_size_hw and measure.box is not None:
+            box, crop_lum, score = measure.box, measure.crop_lum, measure.sharpness
+        else:  # measured before the crop size was known
+            box = box_around(center, self.crop_size_hw)
+            crop_lum = extract_box(lum, box)
+            score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
         base.update(box=box, sharpness=score)
         if p.min_quality_ratio > 0 and len(self._scores) >= 5:
             median = float(np.median(self._scores))

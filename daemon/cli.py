@@ -170,7 +170,7 @@ def _run_files(session: Session, frames: list[Path], stream) -> None:
             logger.info("{} of {} frames already in the CSV; skipping them",
                         len(frames) - len(todo), len(frames))
         bar = ProgressBar(len(todo), stream=stream)
-        for path, loaded in prefetch(session.loader.load, todo):
+        for path, loaded in prefetch(session.load, todo):
             rec = session.process(path, loaded)
             bar.update(note=f"{rec.file} {rec.outcome}")
         bar.close()

@@ -49,7 +49,14 @@ from luckystack.daemon.notify import SystemdNotifier
 from luckystack.daemon.preview import PreviewServer, PreviewState, start_preview, stop_preview
 from luckystack.core.errors import FrameError
 from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
-from luckystack.daemon.sources import FrameLoader, FrameRef, Prefetcher, is_ser, parse_key
+from luckystack.daemon.sources import (
+    FrameLoader,
+    FrameRef,
+    LoadedFrame,
+    Prefetcher,
+    is_ser,
+    parse_key,
+)
 from luckystack.daemon.watcher import (
     REASON_DIRECTORY,
     REASON_EMPTY,
@@ -181,7 +188,7 @@ class Daemon:
         self.ready = threading.Event()
         self.loader = self._make_loader(settings)
         #: Decodes frame files as the watcher reports them, while the worker is busy.
-        self.prefetcher = Prefetcher(self.loader.load, depth=self.PREFETCH_DEPTH)
+        self.prefetcher = Prefetcher(self._load_ahead, depth=self.PREFETCH_DEPTH)
         self.sers: dict[Path, _SerState] = {}
         self._ser_skip: dict[Path, int] = {}
         self._ser_backlog = False
@@ -221,6 +228,11 @@ class Daemon:
         with self._queued_lock:
             self._queued.discard(key)
         return False
+
+    def _load_ahead(self, path: Path) -> LoadedFrame:
+        """The prefetch thread's load: decoded, and measured by the session's stacker."""
+        session = self.session
+        return session.load(path) if session is not None else self.loader.load(path)
 
     def _on_frame(self, path: Path) -> None:
         """The watcher's callback for a complete frame file: decode it ahead, queue it.
@@ -746,7 +758,7 @@ class Daemon:
             self.prefetcher.close()
             self.loader.close()
             self.loader = self._make_loader(new)
-            self.prefetcher = Prefetcher(self.loader.load, depth=self.PREFETCH_DEPTH)
+            self.prefetcher = Prefetcher(self._load_ahead, depth=self.PREFETCH_DEPTH)
             if not self._open_session():
                 return
         if new.preview != old.preview:  # restarted with the new address

@@ -8,6 +8,7 @@ identical frames therefore give identical images.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat as stat_mod
 import time
@@ -269,6 +270,20 @@ class Session:
                 last = max(last, int(key[len(prefix):]))
         return last + 1
 
+    def load(self, item: FrameRef | Path) -> LoadedFrame:
+        """Decode a frame and do the stacker's steps that need only the frame.
+
+        For the decode thread (:func:`prefetch`, :class:`Prefetcher`): it
+        changes nothing, and :meth:`process` gives the same result with the
+        measure as without. Raises FrameError as ``FrameLoader.load``.
+        """
+        loaded = self.loader.load(item)
+        try:
+            measure = self.stacker.measure(loaded.frame)
+        except Exception:  # process() measures again, and reports what goes wrong
+            return loaded
+        return dataclasses.replace(loaded, measure=measure)
+
     def process(
         self, item: FrameRef | Path, loaded: LoadedFrame | Exception | None = None
     ) -> CropRecord:
@@ -291,7 +306,7 @@ class Session:
             if loaded is None:
                 loaded = self.loader.load(ref)
             when = loaded.time
-            outcome = self.stacker.add(loaded.frame)
+            outcome = self.stacker.add(loaded.frame, loaded.measure)
         except FrameError as err:
             outcome = FrameOutcome(accepted=False, reason=str(err))
         except Exception as err:  # a bug or resource error: never let one frame stop the session

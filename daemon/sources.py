@@ -39,6 +39,7 @@ from loguru import logger
 from luckystack.core.bayer import debayer
 from luckystack.core.errors import FrameError
 from luckystack.core.frame import Frame, normalise_frame
+from luckystack.core.pipeline import FrameMeasure
 from luckystack.daemon.frames import read_frame
 from luckystack.daemon.ser import SER_HEADER_SIZE, SerReader
 
@@ -107,6 +108,8 @@ class LoadedFrame:
     frame: Frame
     time: datetime
     bayer_pattern: str | None  # the pattern demosaiced with, None if not
+    #: The stacker's per-frame steps, done where it was decoded (Session.load).
+    measure: FrameMeasure | None = None
 
 
 def _mtime(path: Path) -> datetime:

@@ -335,3 +335,34 @@ def test_ap_geometry_follows_the_disc_unless_set():
     assert p.ap_geometry((270, 270)) == (52, 35)  # radius ~ 104 px
     assert PipelineParams(ap_box_px=32, ap_step_px=20).ap_geometry((270, 270)) == (32, 20)
     assert p.ap_geometry((40, 40)) == (16, 8)  # floors
+
+
+def test_a_frame_measured_ahead_stacks_exactly_as_one_measured_in_add(session):
+    """measure() on another thread (here: before the previous frame is added)
+    gives add() the same outcome and the same stack, bad frames included."""
+    frames = [normalise_frame(f) for f in session.frames]
+    plain, ahead = LiveStacker(PipelineParams()), LiveStacker(PipelineParams())
+    measured = ahead.measure(frames[0])  # before anything: no crop size yet
+    assert measured.crop_size_hw is None and measured.box is None
+    reasons = []
+    for i, frame in enumerate(frames):
+        nxt = ahead.measure(frames[i + 1]) if i + 1 < len(frames) else None
+        want, got = plain.add(frame), ahead.add(frame, measured)
+        assert got == want
+        reasons.append(got.reason)
+        measured = nxt
+    assert any("blank" in r or "no planet" in r for r in reasons)  # the black frame
+    assert any("clipped" in r for r in reasons)
+    np.testing.assert_array_equal(ahead.stacked(), plain.stacked())
+
+
+def test_a_measure_of_another_stacker_is_not_used(session):
+    frames = [normalise_frame(f) for f in session.frames[:12]]
+    a = LiveStacker(PipelineParams())
+    b, b_ref = (LiveStacker(PipelineParams(crop_margin=0.3)) for _ in range(2))
+    for f in frames[:10]:
+        a.add(f), b.add(f), b_ref.add(f)
+    foreign = a.measure(frames[10])  # another crop size: its box would be wrong for b
+    assert foreign.box is not None and foreign.crop_size_hw != b.crop_size_hw
+    got, want = b.add(frames[10], foreign), b_ref.add(frames[10])
+    assert got == want and got.box != foreign.box

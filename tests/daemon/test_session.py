@@ -186,3 +186,18 @@ def test_quick_writes_refresh_the_stack_and_throttle_the_sharpened_images(captur
     sharpened = cv2.imread(str(out / "sharpened.png"), cv2.IMREAD_UNCHANGED)
     want = np.clip(np.rint(expected["sharpened"] * 65535), 0, 65535)
     assert np.abs(sharpened.astype(np.float64) - want).max() <= 1
+
+
+def test_session_load_measures_the_frame_for_the_stacker(capture_copy, tmp_path):
+    from luckystack.daemon.config import pipeline_params
+    from luckystack.daemon.session import Session
+
+    frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    with Session(pipeline_params(load_settings()), capture_copy, tmp_path / "out") as session:
+        first = session.load(frames[0])
+        assert first.measure is not None and first.measure.box is None  # no crop size yet
+        session.process(frames[0], first)
+        second = session.load(frames[1])
+        assert second.measure.box is not None and second.measure.sharpness > 0
+        rec = session.process(frames[1], second)
+        assert rec.outcome == "accepted" and float(rec.sharpness) == second.measure.sharpness
