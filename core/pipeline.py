@@ -512,10 +512,15 @@ class LiveStacker:
         size = self.crop_size_hw
         if size is None:
             return FrameMeasure(p, lum, found)
-        box = box_around(found.center_yx, size)
+        return FrameMeasure(p, lum, found, None, size, *self._crop_scored(lum, found, size))
+
+    def _crop_scored(
+        self, lum: np.ndarray, found: DiscMeasurement, size_hw: tuple[int, int]
+    ) -> tuple[CropBox, np.ndarray, float]:
+        """The crop box of ``size_hw`` around the disc, its luminance and sharpness."""
+        box = box_around(found.center_yx, size_hw)
         crop_lum = extract_box(lum, box)
-        score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
-        return FrameMeasure(p, lum, found, None, size, box, crop_lum, score)
+        return box, crop_lum, measure_sharpness(crop_lum, blur_sigma_px=self.params.quality_blur_px)
 
     def add(self, frame: Frame, measure: FrameMeasure | None = None) -> FrameOutcome:
         """Run one frame through the pipeline; never raises for a bad frame.
@@ -933,9 +938,7 @@ class LiveStacker:
         if measure.crop_size_hw == self.crop_size_hw and measure.box is not None:
             box, crop_lum, score = measure.box, measure.crop_lum, measure.sharpness
         else:  # measured before the crop size was known
-            box = box_around(center, self.crop_size_hw)
-            crop_lum = extract_box(lum, box)
-            score = measure_sharpness(crop_lum, blur_sigma_px=p.quality_blur_px)
+            box, crop_lum, score = self._crop_scored(lum, found, self.crop_size_hw)
         base.update(box=box, sharpness=score)
         if p.min_quality_ratio > 0 and len(self._scores) >= 5:
             median = float(np.median(self._scores))

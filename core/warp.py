@@ -1402,10 +1402,7 @@ class DrizzleStack:
         weight: float = 1.0,
     ) -> None:
         """Drizzle one frame (see :func:`drizzle_accumulate` for the arguments)."""
-        drizzle_accumulate(
-            self.flux, self.weight, image, shift_yx,
-            scale=self.scale, pixfrac=self.pixfrac, field=field, frame_weight=weight,
-        )
+        self._accumulate(image, shift_yx, field, weight)
         self._count += 1
 
     def remove(
@@ -1417,11 +1414,20 @@ class DrizzleStack:
         weight: float = 1.0,
     ) -> None:
         """Take out a frame added before with the same arguments (rolling windows)."""
+        self._accumulate(image, shift_yx, field, -weight)
+        self._count -= 1
+
+    def _accumulate(
+        self,
+        image: np.ndarray,
+        shift_yx: tuple[float, float],
+        field: np.ndarray | None,
+        weight: float,
+    ) -> None:
         drizzle_accumulate(
             self.flux, self.weight, image, shift_yx,
-            scale=self.scale, pixfrac=self.pixfrac, field=field, frame_weight=-weight,
+            scale=self.scale, pixfrac=self.pixfrac, field=field, frame_weight=weight,
         )
-        self._count -= 1
 
     def result(self) -> np.ndarray:
         """The drizzled image (float32, ``output_shape``), holes filled."""

@@ -710,7 +710,7 @@ class Daemon:
         if now - self._last_status >= 2.0:
             self.notifier.status(self._status_text())
             self._last_status = now
-        if now - (self._behind_mark or (-float("inf"), 0))[0] >= self.BEHIND_CHECK_S:
+        if self._behind_mark is None or now - self._behind_mark[0] >= self.BEHIND_CHECK_S:
             self._check_behind(now)
 
     #: A backlog of this many frames is reported (at most once a minute) ...
