@@ -118,6 +118,9 @@ __all__ = [
 
 Method = Literal["default", "seed"]
 
+#: Scores in the history before the lucky cut applies (a quantile of fewer is noise).
+_LUCKY_MIN_HISTORY = 10
+
 
 @dataclass(frozen=True, slots=True)
 class SharpenParams:
@@ -151,6 +154,11 @@ class PipelineParams:
     weighting: Weighting = "none"
     quality_blur_px: float = 1.0
     min_quality_ratio: float = 0.25
+    #: Lucky selection: register and stack only frames whose sharpness is
+    #: among the best ``best_fraction`` of the last ``quality_history`` frames
+    #: (1 = every frame). Frames below the cut are scored and recorded but not
+    #: registered, which is where most of the work per frame goes.
+    best_fraction: float = 0.25
     quality_history: int = 50
     max_size_change: float = 0.2
     saturation_level: float = 0.995
@@ -909,6 +917,36 @@ class LiveStacker:
             stacked=len(self._stack) if self._stack is not None else 0,
         )
 
+    def _quality_rejection(self, score: float) -> str | None:
+        """Why a frame scoring ``score`` is not stacked, judged on the history before it.
+
+        Two tests on the last ``quality_history`` scores: a frame far below
+        the median (``min_quality_ratio``) is a bad frame; one below the
+        ``1 - best_fraction`` quantile is merely not lucky enough. Both need
+        a few frames of history (5 and ``_LUCKY_MIN_HISTORY``) so that a
+        session's first frames fill the stack at once.
+        """
+        p = self.params
+        n = len(self._scores)
+        if n < 5:
+            return None
+        history = np.fromiter(self._scores, np.float64, n)
+        if p.min_quality_ratio > 0:
+            median = float(np.median(history))
+            if score < p.min_quality_ratio * median:
+                return (
+                    f"low quality: sharpness {score:.3g} < {p.min_quality_ratio:g} "
+                    f"x recent median {median:.3g}"
+                )
+        if p.best_fraction < 1 and n >= _LUCKY_MIN_HISTORY:
+            cut = float(np.quantile(history, 1.0 - p.best_fraction))
+            if score < cut:
+                return (
+                    f"below the lucky cut: sharpness {score:.3g} < {cut:.3g}, the best "
+                    f"{p.best_fraction:.0%} of the last {n} frames"
+                )
+        return None
+
     def _add_default(self, frame: Frame, measure: FrameMeasure) -> FrameOutcome:
         p = self.params
         self._check_channels(frame)
@@ -940,18 +978,10 @@ class LiveStacker:
         else:  # measured before the crop size was known
             box, crop_lum, score = self._crop_scored(lum, found, self.crop_size_hw)
         base.update(box=box, sharpness=score)
-        if p.min_quality_ratio > 0 and len(self._scores) >= 5:
-            median = float(np.median(self._scores))
-            self._scores.append(score)
-            if score < p.min_quality_ratio * median:
-                return FrameOutcome(
-                    accepted=False,
-                    reason=f"low quality: sharpness {score:.3g} < {p.min_quality_ratio:g} "
-                    f"x recent median {median:.3g}",
-                    **base,
-                )
-        else:
-            self._scores.append(score)
+        rejection = self._quality_rejection(score)
+        self._scores.append(score)
+        if rejection is not None:
+            return FrameOutcome(accepted=False, reason=rejection, **base)
         shift = (0.0, 0.0)
         reference = None
         if p.register and self._stack is not None and len(self._stack) > 0:

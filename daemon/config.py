@@ -103,6 +103,7 @@ class QualitySettings(_Section):
 
     blur_px: float = Field(1.0, ge=0, le=10)
     min_ratio: float = Field(0.25, ge=0, le=1)
+    best_fraction: float = Field(0.25, gt=0, le=1)
     history: int = Field(50, ge=5)
     max_size_change: float = Field(0.2, gt=0)
     max_saturated_fraction: float = Field(0.01, ge=0, le=1)
@@ -373,6 +374,7 @@ def pipeline_params(settings: Settings) -> PipelineParams:
         weighting=s.stack.weighting,
         quality_blur_px=s.quality.blur_px,
         min_quality_ratio=s.quality.min_ratio,
+        best_fraction=s.quality.best_fraction,
         quality_history=s.quality.history,
         max_size_change=s.quality.max_size_change,
         max_saturated_fraction=s.quality.max_saturated_fraction,

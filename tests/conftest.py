@@ -25,6 +25,18 @@ def caplog(caplog: pytest.LogCaptureFixture):
         pass
 
 
+# --- every frame stacked ----------------------------------------------------------
+@pytest.fixture
+def every_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings loaded in this test (and its child processes) stack every usable frame.
+
+    The default lucky cut (``[quality] best_fraction``) leaves most frames of a
+    session unstacked. Tests of reading, formats and faults assert that each
+    frame was read and used, so they switch it off; the cut has its own tests.
+    """
+    monkeypatch.setenv("LUCKYSTACK_QUALITY__BEST_FRACTION", "1")
+
+
 # --- synthetic capture sessions ------------------------------------------------
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -16,6 +16,10 @@ def session():
 
 
 def _run(frames, **kw):
+    """Every frame through a LiveStacker; every usable frame is stacked unless
+    ``best_fraction`` is given (these tests check the steps on each frame; the
+    lucky cut has tests of its own)."""
+    kw.setdefault("best_fraction", 1.0)
     ls = LiveStacker(PipelineParams(**kw))
     return ls, [ls.add(normalise_frame(f)) for f in frames]
 
@@ -52,6 +56,54 @@ def test_registration_recovers_true_shifts(session):
     true = session.shifts_yx[good]
     err = (measured - measured.mean(0)) - (true - true.mean(0))
     assert np.sqrt((err**2).mean()) < 0.25
+
+
+def test_lucky_cut_stacks_only_the_sharpest_quarter(session):
+    import dataclasses
+
+    import cv2
+
+    sharp = normalise_frame(session.frames[int(session.best_indices(1)[0])])
+    sigmas = [0.0, 0.8, 1.2, 1.6]  # a repeating cycle: the sharp copy is the best quarter
+    frames = []
+    for i in range(40):
+        s = sigmas[i % 4]
+        data = sharp.data if s == 0 else cv2.GaussianBlur(sharp.data, (0, 0), s)
+        frames.append(dataclasses.replace(sharp, data=data))
+    ls = LiveStacker(PipelineParams(best_fraction=0.25))
+    outs = [ls.add(f) for f in frames]
+    assert all(o.accepted for o in outs[:10])  # too little history: every frame is stacked
+    later = list(zip(range(10, 40), outs[10:]))
+    assert [i for i, o in later if o.accepted] == [i for i in range(10, 40) if i % 4 == 0]
+    for i, o in later:
+        if not o.accepted:
+            assert o.reason.startswith("below the lucky cut: sharpness"), o.reason
+            assert "the best 25% of the last" in o.reason
+            assert o.sharpness is not None and o.box is not None  # scored and recorded
+    # The buffer holds the first 10 frames and the 7 sharp copies after them.
+    assert ls.stack_count() == 17
+
+
+def test_lucky_cut_history_survives_a_resume(session):
+    """The cut judges against the scores of rejected frames too (note_history)."""
+    p = PipelineParams(best_fraction=0.5)
+    frames = [normalise_frame(f) for f in session.frames]
+    full = LiveStacker(p)
+    outs = [full.add(f) for f in frames]
+    assert 0 < sum(not o.accepted and o.reason.startswith("below the lucky cut") for o in outs)
+    cut = 30
+    resumed = LiveStacker(p)
+    accepted = [i for i in range(cut) if outs[i].accepted]
+    replay = set(accepted[-resumed.replay_frames:])
+    resumed.start_at(len(accepted) - len(replay))
+    for i in range(cut):
+        if i in replay:
+            resumed.replay(frames[i], outs[i])
+        else:
+            resumed.note_history(outs[i])
+    again = [resumed.add(f) for f in frames[cut:]]
+    assert [(o.accepted, o.reason) for o in again] == [(o.accepted, o.reason) for o in outs[cut:]]
+    np.testing.assert_allclose(resumed.stacked(), full.stacked(), atol=1e-5)
 
 
 def test_seed_preset_runs_and_differs_from_default(session):

@@ -23,6 +23,10 @@ T0 = datetime(2024, 9, 14, 2, 31, 7, 250000, tzinfo=timezone.utc)
 N = 40
 
 
+# Every usable frame is stacked: these tests check that each one was read and used.
+pytestmark = pytest.mark.usefixtures("every_frame")
+
+
 def _stamps(n):
     return [T0 + timedelta(milliseconds=20 * i) for i in range(n)]
 

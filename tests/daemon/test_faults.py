@@ -32,6 +32,10 @@ from luckystack.daemon.session import Session
 from luckystack.daemon.config import load_settings, pipeline_params
 
 
+# Every usable frame is stacked: these tests check that each one was read and used.
+pytestmark = pytest.mark.usefixtures("every_frame")
+
+
 @pytest.fixture(scope="module")
 def frames():
     """30 simulated 64x80 mono frames (8-bit), all usable."""

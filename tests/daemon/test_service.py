@@ -27,7 +27,7 @@ def _png_bytes(frame):
     return buf.tobytes()
 
 
-def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session):
+def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session, every_frame):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     payloads = [_png_bytes(f) for f in small_session.frames]
