@@ -262,6 +262,28 @@ class DiscMeasurement:
     snr: float
 
 
+def _quantiles(sample: np.ndarray, percents: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.percentile(sample, percents)`` (linear method), without its overhead.
+
+    Numpy's sort is vectorised and, for the few thousand samples used here,
+    several times faster than :func:`np.percentile` (whose multi-``kth``
+    partition and Python machinery dominate); the interpolation repeats
+    numpy's own (float32 difference, two-sided formula), so the values are
+    bit-identical. ``sample`` must be finite; it may be a strided view.
+    """
+    ordered = np.sort(sample, axis=None)
+    last = ordered.size - 1
+    out = []
+    for q in percents:
+        v = last * (q / 100.0)
+        i = min(int(v), last)
+        t = v - i
+        a, b = ordered[i], ordered[min(i + 1, last)]
+        d = float(b - a)  # in the sample's dtype, as numpy's _lerp
+        out.append(float(b) - d * (1.0 - t) if t >= 0.5 else float(a) + d * t)
+    return tuple(out)
+
+
 def _background_noise(lum: np.ndarray, quartiles: tuple[float, float] | None = None) -> float:
     """Noise of the darker half of the frame (the sky).
 
@@ -270,9 +292,28 @@ def _background_noise(lum: np.ndarray, quartiles: tuple[float, float] | None = N
     sits on one or two levels, where the quartiles coincide although the
     noise is not zero. ``quartiles`` = (q25, median) if already known.
     """
-    q25, med = quartiles if quartiles is not None else np.percentile(lum, (25, 50))
-    sky = lum[lum <= med]
-    return max((float(med) - float(q25)) / 0.6745, float(sky.std()), 1e-5)
+    if quartiles is None:
+        quartiles = _quantiles(lum, (25, 50))
+    q25, med = quartiles
+    # The darker half's std from sums instead of gathering it with boolean
+    # indexing: d = lum - median, zeroed above the median (in place, by
+    # OpenCV). Centred on the median, the sums do not lose the small sky
+    # variance to the sky level (sum(x^2)/n - mean^2 of lum itself would).
+    n = max(int(np.count_nonzero(lum <= med)), 1)
+    d = lum - med
+    cv2.threshold(d, 0.0, 0.0, cv2.THRESH_TOZERO_INV, dst=d)
+    mean = cv2.sumElems(d)[0] / n
+    var = max(cv2.norm(d, cv2.NORM_L2SQR) / n - mean * mean, 0.0)
+    return max((float(med) - float(q25)) / 0.6745, var**0.5, 1e-5)
+
+
+def _bin(lum: np.ndarray, scale: int) -> np.ndarray:
+    """``lum`` area-averaged over ``scale`` x ``scale`` blocks (the remainder dropped)."""
+    if scale == 1:
+        return lum
+    sh, sw = lum.shape[0] // scale, lum.shape[1] // scale
+    # Whole multiples of the factor take OpenCV's fast integer area path.
+    return cv2.resize(lum[: sh * scale, : sw * scale], (sw, sh), interpolation=cv2.INTER_AREA)
 
 
 def find_disc(
@@ -291,6 +332,13 @@ def find_disc(
     FrameError
         Blank frame, no region of ``min_area_px`` pixels, or a disc less than
         ``min_snr`` background-noise sigmas above the background.
+
+    Notes
+    -----
+    Runs on every frame (on the decode thread), so it favours single-pass
+    OpenCV calls, which release the GIL, over numpy temporaries and boolean
+    indexing; the results are those of the plain numpy formulation up to
+    float rounding (the percentiles are bit-identical).
     """
     if lum.ndim != 2:
         raise FrameError(f"expected 2-D luminance, got shape {lum.shape}")
@@ -298,16 +346,12 @@ def find_disc(
     # the percentiles and connected components are the costliest steps at
     # full size, and the centre of gravity is then measured at full size.
     scale = max(1, min(lum.shape) // 128)
-    if scale == 1:
-        small = lum
-    else:  # whole multiples of the factor take OpenCV's fast area-average path
-        sh, sw = lum.shape[0] // scale, lum.shape[1] // scale
-        small = cv2.resize(lum[: sh * scale, : sw * scale], (sw, sh), interpolation=cv2.INTER_AREA)
+    small = _bin(lum, scale)
     if not np.isfinite(small).all():
         raise FrameError("frame contains NaN or infinite values")
     # Percentiles from every other binned pixel (>= ~4000 samples) suffice.
     stats_sample = small[::2, ::2] if small.size >= 16384 else small
-    lo, q25, med, hi = (float(v) for v in np.percentile(stats_sample, (10, 25, 50, 99.9)))
+    lo, q25, med, hi = _quantiles(stats_sample, (10, 25, 50, 99.9))
     if hi - lo <= 1e-6:
         raise FrameError("blank frame: no disc above the background")
     noise = _background_noise(small, (q25, med)) * scale  # binning averaged the noise down
@@ -319,18 +363,25 @@ def find_disc(
     thr = 0.5 * (lo + hi)
     # The extent uses a lower threshold than the centre: limb darkening and
     # seeing put the half level well inside the limb.
-    mask = (small > lo + edge_level * (hi - lo)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    edge = lo + edge_level * (hi - lo)
+    mask = (small > edge).view(np.uint8)
+    # 16-bit labels make the labelling ~2x cheaper; they suffice because the
+    # 8-connected components of an h x w image number at most
+    # ceil(h/2) * ceil(w/2).
+    max_labels = ((small.shape[0] + 1) // 2) * ((small.shape[1] + 1) // 2)
+    ltype = cv2.CV_16U if max_labels < 65535 else cv2.CV_32S
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=ltype)
     if n < 2:
         raise FrameError("no planet found: nothing above the background")
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    area = int(stats[best, cv2.CC_STAT_AREA]) * scale * scale
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if n > 2 else 1
+    sx0, sy0, sw, sh, count = stats[best].tolist()
+    area = count * scale * scale
     if area < min_area_px:
         raise FrameError(f"no planet found: largest bright region is {area} px")
-    sx0, sy0 = int(stats[best, cv2.CC_STAT_LEFT]), int(stats[best, cv2.CC_STAT_TOP])
-    sw, sh = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
-    region = labels[sy0 : sy0 + sh, sx0 : sx0 + sw] == best
-    snr = (float(small[sy0 : sy0 + sh, sx0 : sx0 + sw][region].mean()) - lo) / noise
+    rows, cols = slice(sy0, sy0 + sh), slice(sx0, sx0 + sw)
+    # The mask is the component itself when it is the only one (the usual case).
+    region = mask[rows, cols] if n == 2 else (labels[rows, cols] == best).view(np.uint8)
+    snr = (cv2.mean(small[rows, cols], mask=region)[0] - lo) / noise
     if snr < min_snr:
         raise FrameError(f"no planet found: disc only {snr:.1f} sigma above the background")
     hh, ww = lum.shape
@@ -340,14 +391,15 @@ def find_disc(
         pad = scale
         px0, py0 = max(0, x0 - pad), max(0, y0 - pad)
         px1, py1 = min(ww, x1 + pad), min(hh, y1 + pad)
-        inside = lum[py0:py1, px0:px1] > lo + edge_level * (hi - lo)
-        cols = np.flatnonzero(inside.any(axis=0))
-        rows = np.flatnonzero(inside.any(axis=1))
-        if cols.size and rows.size:
-            x0, x1 = px0 + int(cols[0]), px0 + int(cols[-1]) + 1
-            y0, y1 = py0 + int(rows[0]), py0 + int(rows[-1]) + 1
-    patch = lum[y0:y1, x0:x1]
-    weights = np.clip(patch - thr, 0.0, None).astype(np.float32)
+        inside = (lum[py0:py1, px0:px1] > edge).view(np.uint8)
+        bx, by, bw, bh = cv2.boundingRect(inside)  # of the non-zero pixels
+        if bw > 0 and bh > 0:
+            x0, x1 = px0 + bx, px0 + bx + bw
+            y0, y1 = py0 + by, py0 + by + bh
+    # Weights max(lum - thr, 0): the subtraction makes the one temporary,
+    # which OpenCV clips in place.
+    weights = lum[y0:y1, x0:x1] - thr
+    cv2.threshold(weights, 0.0, 0.0, cv2.THRESH_TOZERO, dst=weights)
     m = cv2.moments(weights)
     if m["m00"] <= 0:
         raise FrameError("no planet found: empty disc")

@@ -771,7 +771,8 @@ def estimate_local_shifts(
         typical_peak = float(np.median(peak[valid]))
         typical_resid = float(np.median(resid[valid]))
         suspect = (peak < typical_peak - 0.05) | (resid > 4.0 * typical_resid)
-        valid &= ~_loo_outliers(centers, own, sig, valid, suspect, length, max_dev)
+        if (suspect & valid).any():  # only suspects can be outliers
+            valid &= ~_loo_outliers(centers, own, sig, valid, suspect, length, max_dev)
     if not valid.all():  # fit again from scratch without the rejected APs' data
         coef = fit(np.zeros(2 * n), schedule, ~valid)
     shifts = base + (kmat @ coef.reshape(2, n).T)  # the fitted field at the AP centres

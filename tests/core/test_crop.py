@@ -105,3 +105,39 @@ def test_crop_stays_in_bounds_near_edges():
         box = box_around(center, (16, 16))
         assert extract_box(data, box).shape == (16, 16)
         assert box.clipped(data.shape).inside(data.shape)
+
+
+def test_quantiles_are_numpy_percentiles_bit_for_bit():
+    from luckystack.core.crop import _quantiles
+
+    rng = np.random.default_rng(5)
+    qs = (0, 10, 25, 50, 99.9, 100)
+    for n in (1, 2, 7, 4800, 8560):
+        x = rng.normal(0.1, 0.02, n).astype(np.float32)
+        ties = (np.round(x * 255) / 255).astype(np.float32)  # 8-bit levels
+        for sample in (x, ties, x.reshape(-1, 1)[::2], ties.astype(np.float64)):
+            np.testing.assert_array_equal(_quantiles(sample, qs), np.percentile(sample, qs))
+
+
+def test_background_noise_is_std_of_darker_half():
+    from luckystack.core.crop import _background_noise
+
+    rng = np.random.default_rng(6)
+    sky = (20 + rng.normal(0, 1.5, (160, 213))).round().astype(np.float32) / 255
+    q25, med = np.percentile(sky, (25, 50))
+    ref = max((med - q25) / 0.6745, float(sky[sky <= med].std()), 1e-5)
+    assert _background_noise(sky, (q25, med)) == pytest.approx(ref, rel=1e-5)
+    assert _background_noise(sky) == pytest.approx(ref, rel=1e-5)
+
+
+def test_find_disc_takes_the_planet_not_a_moon():
+    s = simulate_session(2, shape=(480, 640), model=PlanetModel(radius_px=100.0), seed=7,
+                         center_yx=(240.0, 300.0))
+    for i, frame in enumerate(s.frames):
+        data = normalise_frame(frame).data.copy()
+        data[40:52, 560:572] = data.max()  # a bright moon far from the disc
+        d = find_disc(data)
+        ty, tx = _true_center(s, i)
+        assert d.center_yx == pytest.approx((ty, tx), abs=0.5)
+        assert d.disc.width == pytest.approx(200, abs=12)
+        assert not d.touches_edge

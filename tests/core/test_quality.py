@@ -48,3 +48,28 @@ def test_bad_inputs():
         measure_sharpness(np.zeros((32, 32), np.float32))
     with pytest.raises(FrameError, match="2-D"):
         measure_sharpness(np.zeros((32, 32, 3), np.float32))
+
+
+def test_noise_gain_matches_white_noise_through_blur_and_laplacian():
+    # The correction must use the kernel the score blurs with: on pure white
+    # noise the Laplacian energy is the gain times the variance.
+    from luckystack.core.quality import _laplacian_noise_gain
+
+    rng = np.random.default_rng(3)
+    sigma = 0.01
+    img = (0.5 + rng.normal(0, sigma, (512, 512))).astype(np.float32)
+    for blur in (0.0, 1.0, 1.7):
+        score = measure_sharpness(img, blur_sigma_px=blur, noise_sigma=sigma)
+        raw = measure_sharpness(img, blur_sigma_px=blur, noise_sigma=0.0)
+        assert raw > 0
+        # the corrected energy is a small remainder of the raw one
+        assert score < 0.05 * raw
+        assert raw * 0.25 == pytest.approx(_laplacian_noise_gain(blur) * sigma**2, rel=0.05)
+
+
+def test_estimated_noise_variance_cancels_white_noise():
+    rng = np.random.default_rng(4)
+    flat = np.full((256, 256), 0.5, np.float32)
+    noisy = flat + rng.normal(0, 0.01, flat.shape).astype(np.float32)
+    raw = measure_sharpness(noisy, noise_sigma=0.0)
+    assert measure_sharpness(noisy) < 0.05 * raw
