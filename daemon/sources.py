@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from loguru import logger
@@ -58,9 +58,17 @@ __all__ = [
 SER_SUFFIXES = frozenset({".ser"})
 
 
+def _as_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, without parsing it again if it is one already."""
+    return path if isinstance(path, Path) else Path(path)
+
+
 def is_ser(path: str | os.PathLike[str]) -> bool:
     """True for a ``.ser`` name (case-insensitive)."""
-    return Path(path).suffix.lower() in SER_SUFFIXES
+    # Path(path).suffix, without building a Path (asked several times per frame)
+    name = path.name if isinstance(path, PurePath) else PurePath(path).name
+    i = name.rfind(".")
+    return 0 < i < len(name) - 1 and name[i:].lower() in SER_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,7 @@ class FrameRef:
 
 
 def as_ref(item: FrameRef | str | os.PathLike[str]) -> FrameRef:
-    return item if isinstance(item, FrameRef) else FrameRef(Path(item))
+    return item if isinstance(item, FrameRef) else FrameRef(_as_path(item))
 
 
 def frame_key(ref: FrameRef, root: Path) -> str:
@@ -402,7 +410,7 @@ class Prefetcher:
                     return False
                 self._ahead.pop(oldest).cancel()
                 del self._since[oldest]
-            self._ahead[key] = self._pool.submit(self._read, Path(path))
+            self._ahead[key] = self._pool.submit(self._read, _as_path(path))
             self._since[key] = time.monotonic()
         return True
 
@@ -428,7 +436,7 @@ class Prefetcher:
                 return loaded
             self.rereads += 1
         try:
-            return self._load(Path(path))
+            return self._load(_as_path(path))
         except Exception as err:
             return err
 

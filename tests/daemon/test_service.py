@@ -240,3 +240,54 @@ def test_sd_notify_ready_status_stopping(tmp_path, small_session):
         sock.close()
     ready = next(m for m in messages if b"READY=1" in m)
     assert b"STATUS=0 frames" in ready
+
+
+def test_behind_a_backlog_the_watcher_reads_ahead_only_the_next_frames(tmp_path, capture_copy):
+    """A frame reported while more than ``depth`` wait is not decoded ahead by the
+    watcher's callback (it would hold a place for seconds); the worker hints the
+    frames it needs next itself. With room ahead of it, a frame is hinted at once."""
+    from luckystack.daemon.service import Daemon
+
+    d = Daemon(capture_copy, tmp_path / "out", load_settings())
+    try:
+        frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+        depth = d.prefetcher.depth
+        d._on_frame(frames[0])  # nothing waits: read ahead at once
+        assert str(frames[0]) in d.prefetcher._ahead
+        for f in frames[1:depth]:
+            d._on_frame(f)
+        assert d.queue.qsize() == depth
+        d._on_frame(frames[depth])  # depth frames before it: the worker will hint it
+        assert d.queue.qsize() == depth + 1
+        assert str(frames[depth]) not in d.prefetcher._ahead
+        assert len(d.prefetcher._ahead) == depth
+    finally:
+        d.prefetcher.close()
+        d.loader.close()
+
+
+def test_opencv_threads_set_while_running_and_restored(tmp_path, monkeypatch):
+    from luckystack.daemon.service import Daemon
+
+    seen = []
+    monkeypatch.setattr(Daemon, "_run", lambda self: seen.append(cv2.getNumThreads()) or 0)
+    before = cv2.getNumThreads()
+    assert Daemon(tmp_path, tmp_path / "out", load_settings()).run() == 0
+    assert Daemon(tmp_path, tmp_path / "out", load_settings(), opencv_threads=None).run() == 0
+    assert seen == [1, before]
+    assert cv2.getNumThreads() == before
+
+
+def test_a_burst_is_decoded_ahead_frame_by_frame_never_on_the_worker(tmp_path, small_session):
+    """Behind a backlog every frame is still decoded on the decode thread: the
+    worker hints the next ones from its batch and, near its end, from the head
+    of the queue (the next batch's first frame), so none waits for a decode of
+    its own on the worker."""
+    from daemon_helpers import write_frames
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    with Running(inp, out) as d:
+        write_frames(inp, small_session.frames)
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
+    assert (d.prefetcher.hits, d.prefetcher.rereads) == (60, 0)

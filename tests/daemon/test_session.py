@@ -197,6 +197,38 @@ def test_quick_writes_refresh_the_stack_and_throttle_the_sharpened_images(captur
     assert np.abs(sharpened.astype(np.float64) - want).max() <= 1
 
 
+def test_stored_live_pngs_same_pixels_and_compressed_again_by_a_full_write(capture_copy, tmp_path):
+    from luckystack.daemon.config import pipeline_params
+    from luckystack.daemon.session import Session
+
+    frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    params = pipeline_params(load_settings())
+    images = ("stacked.png", "sharpened.png", "comparison.png")
+    ref_out, out = tmp_path / "ref", tmp_path / "out"
+    with Session(params, capture_copy, ref_out) as ref:
+        for f in frames[:12]:
+            ref.process(f)
+        assert ref.write_outputs()
+    with Session(params, capture_copy, out, sharpened_interval_s=0.0,
+                 stored_live_png=True) as session:
+        for f in frames[:12]:
+            session.process(f)
+        assert session.write_outputs(quick=True)
+        assert session.last_written == ("stacked", "sharpened", "comparison")
+        for name in images:  # the same pixels, uncompressed
+            live = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+            want = cv2.imread(str(ref_out / name), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(live, want), name
+            assert (out / name).stat().st_size > (ref_out / name).stat().st_size
+        assert session.dirty  # left uncompressed: a full write is still due
+        assert not session.write_outputs(quick=True)  # nothing new for a quick one
+        assert session.write_outputs()  # frames paused: compressed again
+        assert session.last_written == ("stacked", "sharpened", "comparison")
+        assert not session.dirty
+    final, want = _digest(out), _digest(ref_out)
+    assert {n: final[n] for n in images} == {n: want[n] for n in images}
+
+
 def test_session_load_measures_the_frame_for_the_stacker(capture_copy, tmp_path):
     from luckystack.daemon.config import pipeline_params
     from luckystack.daemon.session import Session
@@ -210,3 +242,21 @@ def test_session_load_measures_the_frame_for_the_stacker(capture_copy, tmp_path)
         assert second.measure.box is not None and second.measure.sharpness > 0
         rec = session.process(frames[1], second)
         assert rec.outcome == "accepted" and float(rec.sharpness) == second.measure.sharpness
+
+
+def test_key_is_the_path_relative_to_the_capture_folder(tmp_path):
+    from pathlib import Path
+
+    from luckystack.core.pipeline import PipelineParams
+    from luckystack.daemon.session import Session
+    from luckystack.daemon.sources import FrameRef, as_ref, frame_key
+
+    inp = tmp_path / "in"
+    (inp / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(inp, target_is_directory=True)
+    session = Session(PipelineParams(), inp, tmp_path / "out")
+    items = [inp / "a.png", inp / "sub" / "b.png", Path("rel.png"), FrameRef(inp / "j.ser", 3),
+             inp / "x y#1.png", tmp_path / "link" / "c.png", tmp_path / "other" / "d.png"]
+    got = [session.key(i) for i in items]
+    assert got == [frame_key(as_ref(i), session.input_root) for i in items]
+    assert got == ["a.png", "sub/b.png", "rel.png", "j.ser#3", "x y#1.png", "c.png", "d.png"]

@@ -99,3 +99,16 @@ def test_a_frame_never_taken_gives_its_room_up_after_stale_s(capture_copy, loade
         assert pf.take(paths[1]).frame is not None and pf.hits == 1
     finally:
         pf.close()
+
+
+@pytest.mark.parametrize("name", ["a.ser", "A.SER", "x/y.Ser", ".ser", "..ser", "a.", "a.ser/",
+                                  "ser", "", "/", "a.b.ser", "j.ser#3", "a.png"])
+def test_is_ser_is_the_path_suffix_test(name):
+    from pathlib import Path, PurePath
+
+    from luckystack.daemon.sources import is_ser
+
+    want = Path(name).suffix.lower() == ".ser"
+    assert is_ser(name) == want
+    assert is_ser(Path(name)) == want
+    assert is_ser(PurePath(name)) == want

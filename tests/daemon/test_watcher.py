@@ -603,3 +603,40 @@ def test_stop_is_idempotent_and_safe_before_start(capture: Path) -> None:
     w.start()  # can be started again after stop
     assert w.alive()
     w.stop()
+
+
+def test_native_reader_reports_what_the_watchdog_observer_reports(capture: Path,
+                                                                 tmp_path: Path) -> None:
+    """One folder is read by the watcher's own inotify thread (no watchdog
+    observer); what it reports, and why, is what the handler decides."""
+    rec = Recorder()
+    growing: list[Path] = []
+    before = {t.name for t in threading.enumerate()}
+    with FolderWatcher(capture, rec.on_frame, on_ignored=rec.on_ignored,
+                       on_error=rec.on_error, on_growing=growing.append) as w:
+        started = {t.name for t in threading.enumerate()} - before
+        assert started == {f"luckystack-inotify-{capture.name}"}
+        assert w.alive()
+        part = write(capture / ".a.png.part", b"renamed into place")
+        os.replace(part, capture / "a.png")
+        write(capture / "~b.png", b"hidden")
+        write(capture / "c.png.tmp", b"temporary")
+        (capture / "d.png").mkdir()  # a directory named like a frame
+        os.mkfifo(capture / "e.png")
+        target = write(capture / "real" / "f.png", b"linked")
+        (capture / "f.png").symlink_to(target)  # complete when it appears
+        outside = write(tmp_path / "elsewhere" / "g.png", b"outside")
+        (capture / "g.png").symlink_to(outside)
+        with open(capture / "v.ser", "wb") as fh:  # a growing video: created, written
+            fh.write(b"x" * 100)
+            fh.flush()
+            assert wait_until(lambda: len(growing) >= 2)
+        barrier(capture, rec, "zz_sentinel.png")
+        with rec.lock:
+            ignored = sorted((p.name, r) for p, r in rec.ignored)
+        assert ignored == [("d.png", "directory"), ("e.png", "not a regular file"),
+                           ("g.png", "symlink outside root")]
+    assert rec.names() == ["a.png", "f.png", "v.ser", "zz_sentinel.png"]
+    assert all(p == capture / "v.ser" for p in growing)
+    assert rec.errors == []
+    assert not w.alive()
