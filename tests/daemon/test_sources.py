@@ -112,3 +112,26 @@ def test_is_ser_is_the_path_suffix_test(name):
     assert is_ser(name) == want
     assert is_ser(Path(name)) == want
     assert is_ser(PurePath(name)) == want
+
+
+def test_two_frames_are_decoded_at_once_and_taken_in_order(tmp_path):
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def load(path):
+        barrier.wait()  # passes only while two loads run at the same time
+        return path.name
+
+    paths = [tmp_path / f"f{i}.png" for i in range(2)]
+    for p in paths:
+        p.write_bytes(b"x")
+    pf = Prefetcher(load, depth=4)
+    try:
+        for p in paths:
+            assert pf.hint(p)
+        assert [pf.take(p) for p in paths] == ["f0.png", "f1.png"]
+    finally:
+        pf.close()
+    with pytest.raises(ValueError, match="workers"):
+        Prefetcher(load, workers=0)
