@@ -203,6 +203,10 @@ class OutputSettings(_Section):
     #: (or batch) but sharpened.png and comparison.png at most this often
     #: (sharpening costs ~40 ms per write); all are up to date once frames pause.
     sharpened_interval_s: float = Field(1.0, ge=0, le=3600)
+    #: While frames arrive, ``watch`` compresses its PNGs (false: stores them
+    #: uncompressed, ~10x less CPU to encode, files ~16 % larger, rewritten
+    #: compressed when frames pause).
+    compress_live: bool = True
 
 
 class LoggingSettings(_Section):

@@ -362,7 +362,7 @@ class Daemon:
             pipeline_params(self.settings), self.input_dir, output_dir,
             write_comparison=self.settings.output.write_comparison, loader=self.loader,
             sharpened_interval_s=self.settings.output.sharpened_interval_s,
-            stored_live_png=self.stored_live_png,
+            stored_live_png=self.stored_live_png or not self.settings.output.compress_live,
         )
         session.open()
         if output_dir == self.output_dir:  # the folder's session: the page counts its CSV

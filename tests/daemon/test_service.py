@@ -291,3 +291,22 @@ def test_a_burst_is_decoded_ahead_frame_by_frame_never_on_the_worker(tmp_path, s
         write_frames(inp, small_session.frames)
         assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
     assert (d.prefetcher.hits, d.prefetcher.rereads) == (60, 0)
+
+
+def test_compress_live_false_stores_live_pngs_and_compresses_them_at_the_pause(
+    tmp_path, small_session
+):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    s = load_settings()
+    s = s.model_copy(update={"output": s.output.model_copy(update={"compress_live": False})})
+    with Running(inp, out, s) as d:
+        assert _wait_for(lambda: d.session is not None)
+        assert d.session.stored_live_png
+        for i, frame in enumerate(small_session.frames[:12], start=1):
+            (inp / f"frame_{i}.png").write_bytes(_png_bytes(frame))
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 12)
+        assert _wait_for(lambda: not d.session.dirty)  # the pause: rewritten compressed
+    batch = run_batch(inp, tmp_path / "batch", load_settings())
+    assert batch.stats.processed == 12
+    assert (out / "stacked.png").read_bytes() == (tmp_path / "batch" / "stacked.png").read_bytes()
