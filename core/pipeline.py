@@ -112,6 +112,7 @@ __all__ = [
     "FrameMeasure",
     "FrameOutcome",
     "LiveStacker",
+    "LUCKY_CUT_REASON",
     "apply_sharpening",
     "compose_panels",
 ]
@@ -120,6 +121,8 @@ Method = Literal["default", "seed"]
 
 #: Scores in the history before the lucky cut applies (a quantile of fewer is noise).
 _LUCKY_MIN_HISTORY = 10
+#: How the reason of a usable frame left out by the lucky cut begins.
+LUCKY_CUT_REASON = "below the lucky cut"
 
 
 @dataclass(frozen=True, slots=True)
@@ -942,7 +945,7 @@ class LiveStacker:
             cut = float(np.quantile(history, 1.0 - p.best_fraction))
             if score < cut:
                 return (
-                    f"below the lucky cut: sharpness {score:.3g} < {cut:.3g}, the best "
+                    f"{LUCKY_CUT_REASON}: sharpness {score:.3g} < {cut:.3g}, the best "
                     f"{p.best_fraction:.0%} of the last {n} frames"
                 )
         return None

@@ -207,10 +207,12 @@ def _summary(sessions: list[Session], elapsed: float) -> str:
     processed = sum(s.stats.processed for s in sessions)
     accepted = sum(s.stats.accepted for s in sessions)
     rejected = sum(s.stats.rejected for s in sessions)
+    below_cut = sum(s.stats.below_cut for s in sessions)
     lines = [
         f"processed {processed} frames in {elapsed:.1f} s "
         f"({processed / max(elapsed, 1e-9):.1f} frames/s): "
-        f"{accepted} accepted, {rejected} rejected",
+        f"{accepted} accepted, {rejected} rejected"
+        + (f" ({below_cut} below the lucky cut)" if below_cut else ""),
     ]
     for session in sessions:
         s = session.stats

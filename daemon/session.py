@@ -21,7 +21,13 @@ from loguru import logger
 
 from luckystack.core.crop import CropBox
 from luckystack.core.errors import FrameError
-from luckystack.core.pipeline import FrameOutcome, LiveStacker, PipelineParams, compose_panels
+from luckystack.core.pipeline import (
+    LUCKY_CUT_REASON,
+    FrameOutcome,
+    LiveStacker,
+    PipelineParams,
+    compose_panels,
+)
 from luckystack.daemon.frames import is_transient_reason
 from luckystack.daemon.outputs import (
     CropLog,
@@ -95,6 +101,8 @@ class SessionStats:
     processed: int = 0
     accepted: int = 0
     rejected: int = 0
+    #: Of the rejected: usable frames left out by the lucky cut.
+    below_cut: int = 0
     writes: int = 0
     write_failures: int = 0
     resumed: int = 0
@@ -343,7 +351,11 @@ class Session:
             self._dirty = self._slow_dirty = True
         else:
             self.stats.rejected += 1
-            logger.bind(frame=key).warning("frame rejected: {}", outcome.reason)
+            if outcome.reason.startswith(LUCKY_CUT_REASON):  # most frames: not a problem
+                self.stats.below_cut += 1
+                logger.bind(frame=key).debug("frame not stacked: {}", outcome.reason)
+            else:
+                logger.bind(frame=key).warning("frame rejected: {}", outcome.reason)
         return record
 
     def _record(self, key: str, when: datetime, o: FrameOutcome) -> CropRecord:

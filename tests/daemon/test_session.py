@@ -39,7 +39,7 @@ def test_default_output_is_a_sibling_never_inside(tmp_path):
         Session(PipelineParams(), cap, cap / "out")
 
 
-def test_black_frame_rejected_with_reason(capture_copy, tmp_path):
+def test_black_frame_rejected_with_reason(capture_copy, tmp_path, caplog):
     black = np.zeros((120, 160), np.uint8)
     ok, buf = cv2.imencode(".png", black)
     (capture_copy / "frame_30.png").write_bytes(buf.tobytes())
@@ -56,6 +56,12 @@ def test_black_frame_rejected_with_reason(capture_copy, tmp_path):
         for r in others
     )
     assert session.stats.processed == 60
+    # Unusable frames are warnings; frames merely below the lucky cut are not.
+    cut = [r for r in rows.values() if r["reason"].startswith("below the lucky cut")]
+    assert cut and session.stats.below_cut == len(cut)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("frame rejected: blank" in m for m in warned)
+    assert not any("lucky cut" in m for m in warned)
 
 
 def test_rerun_skips_frames_already_in_the_csv(capture_copy, tmp_path):
@@ -140,6 +146,7 @@ def test_demo_command_writes_a_session_and_stacks_it(tmp_path, capsys):
     unusable = [r for r in rejected if not r["reason"].startswith("below the lucky cut")]
     assert len(unusable) == 1 and "no planet" in unusable[0]["reason"]  # the simulated black frame
     assert 10 <= len(rows) - len(rejected) <= 20  # the first 10 frames, then the best few
+    assert f"({len(rejected) - 1} below the lucky cut)" in out
     assert (tmp_path / "demo" / "output" / "sharpened.png").is_file()
 
 
