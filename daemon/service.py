@@ -1,13 +1,15 @@
 """``luckystack watch``: the live daemon.
 
-Threads: the watchdog observer pushes complete frame paths onto a bounded
-queue; the main thread is the one worker. It drains the queue in natural
-order, runs every frame through the :class:`Session` (one CSV row each) and
-writes ``stacked.png`` at most every ``min_write_interval_s`` (every
+Threads: the watcher (one inotify reader thread, or watchdog's observer for
+recursive and polling watches) pushes complete frame paths onto a bounded
+queue; two decode threads read, decode and measure the next few frames; the
+main thread is the one worker. It drains the queue in natural order, runs
+every frame through the :class:`Session` (one CSV row each) and writes
+``stacked.png`` at most every ``min_write_interval_s`` (every
 ``max_write_interval_s`` while it is ``LAG_FRAMES`` behind) and every output
-when the queue is empty; skipped writes are counted as coalesced. Signals only set flags: SIGINT/SIGTERM finish the current
-frame, flush and exit 0; SIGHUP reloads the config (an invalid one is
-reported and the old one kept).
+when the queue is empty; skipped writes are counted as coalesced. Signals
+only set flags: SIGINT/SIGTERM finish the current frame, flush and exit 0;
+SIGHUP reloads the config (an invalid one is reported and the old one kept).
 
 SER videos grow frame by frame while the capture runs. Their events
 (``created``, ``modified``, ``closed``) put the SER path on the same queue;
@@ -146,7 +148,7 @@ class Daemon:
     opencv_threads : int or None
         OpenCV's thread count while :meth:`run` runs (restored after; None:
         OpenCV's own, one per core). 1 by default: the worker and the decode
-        thread already keep two cores busy, and on crops of a few hundred
+        threads already keep two cores busy, and on crops of a few hundred
         pixels OpenCV's pool costs more than it gives (its thread used
         2.7 ms of CPU per frame at 40 frames/s on 2 cores and saved the
         worker ~0.5 ms; the results are the same with any count).
