@@ -693,7 +693,6 @@ _IN_DELETE_SELF = 0x00000400
 _IN_UNMOUNT = 0x00002000
 _IN_Q_OVERFLOW = 0x00004000
 _IN_IGNORED = 0x00008000
-_IN_DONT_FOLLOW = 0x02000000
 _IN_ISDIR = 0x40000000
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
@@ -738,11 +737,13 @@ class _InotifyReader:
                  follow_symlinks: bool) -> None:
         self.folder = folder
         self.handler = handler
+        # No IN_DONT_FOLLOW: it applies to the watched path only, and a capture
+        # folder given as a symlink is what the user asked to watch (with it,
+        # the link itself was watched and no frame ever arrived). Symlinks
+        # *inside* the folder are judged by the handler (follow_symlinks).
         mask = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE_SELF
         if modify:
             mask |= _IN_MODIFY
-        if not follow_symlinks:
-            mask |= _IN_DONT_FOLLOW  # as watchdog's follow_symlink=False
         self.mask = mask
         self._fd = -1
         self._wake_r = self._wake_w = -1

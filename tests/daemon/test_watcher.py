@@ -518,6 +518,17 @@ def test_inotify_watcher_file_moved_in_from_outside(capture: Path, tmp_path: Pat
     assert rec.names() == ["m.png", "zz_sentinel.png"]
 
 
+def test_capture_folder_given_as_a_symlink_is_watched(capture: Path, tmp_path: Path) -> None:
+    link = tmp_path / "capture_link"
+    link.symlink_to(capture, target_is_directory=True)
+    rec = Recorder()
+    with FolderWatcher(link, rec.on_frame, follow_symlinks=False):
+        write(capture / "a.png", b"frame")
+        assert wait_until(lambda: rec.seen("a.png"))
+        barrier(capture, rec, "zz_sentinel.png")
+    assert rec.names() == ["a.png", "zz_sentinel.png"]
+
+
 def test_inotify_watcher_recursive(capture: Path) -> None:
     rec = Recorder()
     (capture / "session1").mkdir()
