@@ -180,7 +180,6 @@ class Session:
     ) -> None:
         self.params = params
         self.input_root = Path(input_root).resolve()
-        self._root_str = str(self.input_root)
         self.output_dir = Path(output_dir).resolve()
         self.loader = loader if loader is not None else FrameLoader()
         self._own_loader = loader is None
@@ -258,14 +257,7 @@ class Session:
     def key(self, item: FrameRef | Path) -> str:
         """The CSV name of a frame: its path relative to the capture folder,
         ``#<index>`` appended for a frame of a SER video."""
-        ref = as_ref(item)
-        # A file of the (resolved) capture folder itself is named by its name:
-        # frame_key's resolve() of the folder (an lstat per path component)
-        # would give the folder back. Asked twice per frame in `watch`.
-        parent, name = os.path.split(os.fspath(ref.path))
-        if name and parent == self._root_str:
-            return name if ref.index is None else f"{name}#{ref.index}"
-        return frame_key(ref, self.input_root)
+        return frame_key(as_ref(item), self.input_root)
 
     def is_done(self, item: FrameRef | Path) -> bool:
         """True if the frame has its row already (this run or in the CSV).

@@ -89,15 +89,20 @@ def as_ref(item: FrameRef | str | os.PathLike[str]) -> FrameRef:
 
 
 def frame_key(ref: FrameRef, root: Path) -> str:
-    """The CSV name of ``ref``: relative to ``root`` (else the bare name), ``#i`` for SER."""
+    """The CSV name of ``ref``: relative to the resolved ``root`` (else bare), ``#i`` for SER."""
     # The directories are resolved (the capture folder may be reached through
     # a symlink), the file's own name is kept: a followed symlink is listed
     # under its name in the capture folder, not its target's.
-    path = Path(ref.path)
-    try:
-        name = (path.parent.resolve() / path.name).relative_to(root).as_posix()
-    except (ValueError, OSError, RuntimeError):
-        name = path.name
+    # A file of the (resolved) root itself is named by its name: resolving its
+    # folder (an lstat per path component) would give the root back. Asked
+    # twice per frame in `watch`.
+    parent, name = os.path.split(os.fspath(ref.path))
+    if not (name and parent == str(root)):
+        path = Path(ref.path)
+        try:
+            name = (path.parent.resolve() / path.name).relative_to(root).as_posix()
+        except (ValueError, OSError, RuntimeError):
+            name = path.name
     return name if ref.index is None else f"{name}#{ref.index}"
 
 
