@@ -41,6 +41,7 @@ from luckystack.core.errors import FrameError
 from luckystack.core.frame import Frame, normalise_frame
 from luckystack.core.pipeline import FrameMeasure
 from luckystack.daemon.frames import read_frame
+from luckystack.daemon.watcher import is_outside_root, name_suffix
 from luckystack.daemon.ser import SER_HEADER_SIZE, SerReader
 
 __all__ = [
@@ -67,8 +68,7 @@ def is_ser(path: str | os.PathLike[str]) -> bool:
     """True for a ``.ser`` name (case-insensitive)."""
     # Path(path).suffix, without building a Path (asked several times per frame)
     name = path.name if isinstance(path, PurePath) else PurePath(path).name
-    i = name.rfind(".")
-    return 0 < i < len(name) - 1 and name[i:].lower() in SER_SUFFIXES
+    return name_suffix(name).lower() in SER_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +263,6 @@ class FrameLoader:
         return LoadedFrame(normalise_frame(image, white_level=white), when, pattern)
 
     def _check_confined(self, path: Path) -> None:
-        from luckystack.daemon.watcher import is_outside_root
-
         path = Path(path)
         if self.confine_to is None:
             return

@@ -77,6 +77,7 @@ __all__ = [
     "is_outside_root",
     "list_existing_frames",
     "list_unusable_entries",
+    "name_suffix",
     "natural_key",
 ]
 
@@ -120,7 +121,7 @@ def _normalize_suffixes(suffixes: Collection[str]) -> frozenset[str]:
     return frozenset(s.lower() if s.startswith(".") else "." + s.lower() for s in suffixes)
 
 
-def _suffix(name: str) -> str:
+def name_suffix(name: str) -> str:
     """``PurePath(name).suffix`` of a bare name, without building a path."""
     i = name.rfind(".")
     return name[i:] if 0 < i < len(name) - 1 else ""
@@ -133,7 +134,7 @@ def _is_frame_basename(name: str, suffixes: frozenset[str]) -> bool:
     lower = name.lower()
     if lower.endswith(_PARTIAL_ENDINGS):
         return False
-    return _suffix(lower) in suffixes
+    return name_suffix(lower) in suffixes
 
 
 def is_frame_name(path: Path | str, suffixes: Collection[str] = FRAME_SUFFIXES) -> bool:
@@ -625,7 +626,7 @@ class FrameEventHandler(FileSystemEventHandler):
         if self.on_growing is None or is_directory:
             return
         path_str = os.fsdecode(raw_path)
-        if _suffix(os.path.basename(path_str).lower()) not in self.growing_suffixes:
+        if name_suffix(os.path.basename(path_str).lower()) not in self.growing_suffixes:
             return
         if not self._wanted(path_str):
             return
