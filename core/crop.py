@@ -28,6 +28,7 @@ __all__ = [
     "disc_centroid",
     "DiscMeasurement",
     "find_disc",
+    "bin_area",
     "box_around",
     "expand_box",
     "extract_box",
@@ -307,7 +308,7 @@ def _background_noise(lum: np.ndarray, quartiles: tuple[float, float] | None = N
     return max((float(med) - float(q25)) / 0.6745, var**0.5, 1e-5)
 
 
-def _bin(lum: np.ndarray, scale: int) -> np.ndarray:
+def bin_area(lum: np.ndarray, scale: int) -> np.ndarray:
     """``lum`` area-averaged over ``scale`` x ``scale`` blocks (the remainder dropped)."""
     if scale == 1:
         return lum
@@ -346,7 +347,7 @@ def find_disc(
     # the percentiles and connected components are the costliest steps at
     # full size, and the centre of gravity is then measured at full size.
     scale = max(1, min(lum.shape) // 128)
-    small = _bin(lum, scale)
+    small = bin_area(lum, scale)
     if not np.isfinite(small).all():
         raise FrameError("frame contains NaN or infinite values")
     # Percentiles from every other binned pixel (>= ~4000 samples) suffice.

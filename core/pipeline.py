@@ -75,6 +75,7 @@ from scipy import fft as sp_fft
 from luckystack.core.crop import (
     CropBox,
     DiscMeasurement,
+    bin_area,
     box_around,
     expand_box,
     extract_box,
@@ -381,13 +382,10 @@ def _estimate_binned(reference: np.ndarray, moving: np.ndarray, factor: int) -> 
     """:func:`estimate_shift` on copies binned ``factor`` x ``factor`` (area mean)."""
     if factor <= 1:
         return estimate_shift(reference, moving)
-    h, w = reference.shape[0] // factor, reference.shape[1] // factor
-
-    def binned(img: np.ndarray) -> np.ndarray:
-        img = np.ascontiguousarray(img[: h * factor, : w * factor], dtype=np.float32)
-        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-
-    est = estimate_shift(binned(reference), binned(moving))
+    est = estimate_shift(
+        bin_area(reference.astype(np.float32, copy=False), factor),
+        bin_area(moving.astype(np.float32, copy=False), factor),
+    )
     dy, dx = est.shift_yx
     return ShiftEstimate(shift_yx=(dy * factor, dx * factor), peak=est.peak)
 
