@@ -141,10 +141,6 @@ class Daemon:
     open_retry_max_s : float
         An output folder that cannot be opened is tried again after 0.5 s,
         doubling up to this.
-    stored_live_png : bool
-        Write the images uncompressed while frames arrive (see
-        :class:`Session`): ~2 ms less CPU per ``stacked.png`` and ~8 ms per
-        sharpened/comparison pair, files ~16 % larger until the next pause.
     opencv_threads : int or None
         OpenCV's thread count while :meth:`run` runs (restored after; None:
         OpenCV's own, one per core). 1 by default: the worker and the decode
@@ -173,7 +169,6 @@ class Daemon:
         ser_finish_s: float = 1.0,
         ser_chunk: int = 32,
         open_retry_max_s: float = 5.0,
-        stored_live_png: bool = False,
         opencv_threads: int | None = 1,
     ) -> None:
         self.input_dir = Path(input_dir)
@@ -189,7 +184,6 @@ class Daemon:
         self.ser_finish_s = ser_finish_s
         self.ser_chunk = ser_chunk
         self.open_retry_max_s = open_retry_max_s
-        self.stored_live_png = stored_live_png
         self.opencv_threads = opencv_threads
         self.flags = _Flags()
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=settings.watch.queue_size)
@@ -364,7 +358,7 @@ class Daemon:
             pipeline_params(self.settings), self.input_dir, output_dir,
             write_comparison=self.settings.output.write_comparison, loader=self.loader,
             sharpened_interval_s=self.settings.output.sharpened_interval_s,
-            stored_live_png=self.stored_live_png or not self.settings.output.compress_live,
+            stored_live_png=not self.settings.output.compress_live,
         )
         session.open()
         if output_dir == self.output_dir:  # the folder's session: the page counts its CSV
