@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from luckystack.core._stats import quantiles
 from luckystack.core.errors import FrameError
 
 __all__ = [
@@ -263,28 +264,6 @@ class DiscMeasurement:
     snr: float
 
 
-def _quantiles(sample: np.ndarray, percents: tuple[float, ...]) -> tuple[float, ...]:
-    """``np.percentile(sample, percents)`` (linear method), without its overhead.
-
-    Numpy's sort is vectorised and, for the few thousand samples used here,
-    several times faster than :func:`np.percentile` (whose multi-``kth``
-    partition and Python machinery dominate); the interpolation repeats
-    numpy's own (float32 difference, two-sided formula), so the values are
-    bit-identical. ``sample`` must be finite; it may be a strided view.
-    """
-    ordered = np.sort(sample, axis=None)
-    last = ordered.size - 1
-    out = []
-    for q in percents:
-        v = last * (q / 100.0)
-        i = min(int(v), last)
-        t = v - i
-        a, b = ordered[i], ordered[min(i + 1, last)]
-        d = float(b - a)  # in the sample's dtype, as numpy's _lerp
-        out.append(float(b) - d * (1.0 - t) if t >= 0.5 else float(a) + d * t)
-    return tuple(out)
-
-
 def _background_noise(lum: np.ndarray, quartiles: tuple[float, float] | None = None) -> float:
     """Noise of the darker half of the frame (the sky).
 
@@ -294,7 +273,7 @@ def _background_noise(lum: np.ndarray, quartiles: tuple[float, float] | None = N
     noise is not zero. ``quartiles`` = (q25, median) if already known.
     """
     if quartiles is None:
-        quartiles = _quantiles(lum, (25, 50))
+        quartiles = quantiles(lum, (0.25, 0.5))
     q25, med = quartiles
     # The darker half's std from sums instead of gathering it with boolean
     # indexing: d = lum - median, zeroed above the median (in place, by
@@ -352,7 +331,8 @@ def find_disc(
         raise FrameError("frame contains NaN or infinite values")
     # Percentiles from every other binned pixel (>= ~4000 samples) suffice.
     stats_sample = small[::2, ::2] if small.size >= 16384 else small
-    lo, q25, med, hi = _quantiles(stats_sample, (10, 25, 50, 99.9))
+    # 99.9 / 100, as np.percentile(..., 99.9) divides (it is not the literal 0.999).
+    lo, q25, med, hi = quantiles(stats_sample, (0.10, 0.25, 0.50, 99.9 / 100))
     if hi - lo <= 1e-6:
         raise FrameError("blank frame: no disc above the background")
     noise = _background_noise(small, (q25, med)) * scale  # binning averaged the noise down

@@ -72,6 +72,7 @@ import cv2
 import numpy as np
 from scipy import fft as sp_fft
 
+from luckystack.core import _stats
 from luckystack.core.crop import (
     CropBox,
     DiscMeasurement,
@@ -933,14 +934,14 @@ class LiveStacker:
             return None
         history = np.fromiter(self._scores, np.float64, n)
         if p.min_quality_ratio > 0:
-            median = float(np.median(history))
+            median = _stats.median(history)
             if score < p.min_quality_ratio * median:
                 return (
                     f"low quality: sharpness {score:.3g} < {p.min_quality_ratio:g} "
                     f"x recent median {median:.3g}"
                 )
         if p.best_fraction < 1 and n >= _LUCKY_MIN_HISTORY:
-            cut = float(np.quantile(history, 1.0 - p.best_fraction))
+            (cut,) = _stats.quantiles(history, (1.0 - p.best_fraction,))
             if score < cut:
                 return (
                     f"{LUCKY_CUT_REASON}: sharpness {score:.3g} < {cut:.3g}, the best "
@@ -960,8 +961,8 @@ class LiveStacker:
         size = (disc_box.height, disc_box.width)
         base = dict(disc=disc_box, center_yx=center)
         if self._sizes:
-            ref_h = float(np.median([s[0] for s in self._sizes]))
-            ref_w = float(np.median([s[1] for s in self._sizes]))
+            hw = np.array(self._sizes)
+            ref_h, ref_w = _stats.median(hw[:, 0]), _stats.median(hw[:, 1])
             change = max(abs(size[0] - ref_h) / ref_h, abs(size[1] - ref_w) / ref_w)
             if change > p.max_size_change:
                 return FrameOutcome(

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from scipy import sparse
 
+from luckystack.core import _stats
 from luckystack.core.errors import FrameError
 
 __all__ = [
@@ -768,8 +769,8 @@ def estimate_local_shifts(
     # Outliers: APs that disagree with their neighbours *and* match worse than is
     # typical (a strong but genuine warp is not predictable from the neighbours either).
     if valid.sum() >= 4:
-        typical_peak = float(np.median(peak[valid]))
-        typical_resid = float(np.median(resid[valid]))
+        typical_peak = _stats.median(peak[valid])
+        typical_resid = _stats.median(resid[valid])
         suspect = (peak < typical_peak - 0.05) | (resid > 4.0 * typical_resid)
         if (suspect & valid).any():  # only suspects can be outliers
             valid &= ~_loo_outliers(centers, own, sig, valid, suspect, length, max_dev)
@@ -796,7 +797,7 @@ def _sky_level(image: np.ndarray) -> float:
     noisy frame and a clean reference get the same sky level.
     """
     sample = image[::4, ::4]
-    lo, hi = (float(v) for v in np.percentile(sample, (10, 99)))
+    lo, hi = _stats.quantiles(sample, (0.10, 0.99))
     dark = sample[sample < lo + 0.2 * (hi - lo)]
     return float(dark.mean()) if dark.size else lo
 

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+from luckystack.core._stats import median, quantiles
+
+
+def _samples(rng, n):
+    x = rng.normal(0.1, 0.02, n).astype(np.float32)
+    ties = (np.round(x * 255) / 255).astype(np.float32)  # 8-bit levels
+    return (x, ties, x.reshape(-1, 1)[::2], ties.astype(np.float64), rng.integers(0, 9, n))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 4800, 8560])
+def test_quantiles_are_numpy_quantiles_bit_for_bit(n):
+    rng = np.random.default_rng(5)
+    qs = (0.0, 0.1, 0.25, 0.5, 0.7, 1 - 0.3, 0.75, 99.9 / 100, 1.0)
+    for sample in _samples(rng, n):
+        assert quantiles(sample, qs) == tuple(np.quantile(sample, qs).tolist())
+        # the percent form numpy's percentile takes, divided as it divides
+        assert quantiles(sample, (99.9 / 100,))[0] == np.percentile(sample, 99.9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 49, 50, 4800])
+def test_median_is_numpy_median_bit_for_bit(n):
+    rng = np.random.default_rng(7)
+    for sample in _samples(rng, n):
+        assert median(sample) == float(np.median(sample))
+
+
+def test_median_of_even_count_averages_the_middle_pair():
+    assert median(np.array([4.0, 1.0, 3.0, 10.0])) == 3.5
+    assert median(np.array([5, 1, 2])) == 2.0
+    assert quantiles(np.array([0.0, 10.0]), (0.25, 0.5, 1.0)) == (2.5, 5.0, 10.0)
