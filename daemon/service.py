@@ -207,6 +207,11 @@ class Daemon:
         self._ser_skip: dict[Path, int] = {}
         self._ser_backlog = False
         self._existing_left: list[Path] = []  # listed frames waiting for room in the queue
+        #: Set by the watcher's thread when the kernel dropped its events.
+        self._overflow = threading.Event()
+        self._relist_at: float | None = None  # when to list the folder again (monotonic)
+        self._relists_left = 0
+        self._watch_started = 0.0  # wall clock: files older are "existing"
         self._retired = SessionStats()
         self.ser_outputs: list[Path] = []  # every SER session output folder, in order
         self.preview_state = PreviewState(self.output_dir)  # what the [preview] page shows
@@ -284,6 +289,7 @@ class Daemon:
 
     def _start_watching(self) -> None:
         w = self.settings.watch
+        self._watch_started = time.time()
         self.watcher = FolderWatcher(
             self.input_dir,
             self._on_frame,
@@ -296,6 +302,7 @@ class Daemon:
             follow_symlinks=w.follow_symlinks,
             on_ignored=self._on_ignored,
             on_growing=self._enqueue,
+            on_overflow=self._overflow.set,
         )
         self.watcher.start()
 
@@ -325,6 +332,64 @@ class Daemon:
         self._existing_left = [self._abs(f) for f in todo]  # the watcher's paths are absolute
         self._feed_existing()
         return len(todo)
+
+    #: After an event overflow, files modified less than this long ago are left
+    #: to their own events (they may still be being written) ...
+    RELIST_FRESH_S = 1.0
+    #: ... and the folder is listed again for them, at most this many times.
+    RELIST_TIMES = 10
+
+    def _relist(self) -> None:
+        """Queue the frames whose events the kernel dropped (an inotify overflow).
+
+        Like the listing at start (:meth:`_enqueue_existing`): frames with no
+        row in the CSV, in natural order behind those already waiting, but
+        not those already queued or waiting, and not files modified in the
+        last ``RELIST_FRESH_S`` (a frame still being written would be
+        rejected as truncated): their close events come after the overflow,
+        and if some were skipped the folder is listed again that much later.
+        With ``[watch] existing = "none"``, files older than the watch stay
+        ignored.
+        """
+        assert self.session is not None
+        w = self.settings.watch
+        listed = list_existing_frames(
+            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
+            follow_symlinks=w.follow_symlinks,
+        ) + list_unusable_entries(
+            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
+            follow_symlinks=w.follow_symlinks,
+        )
+        with self._queued_lock:
+            queued = set(self._queued)
+        waiting = set(self._existing_left)
+        settled_before = time.time() - self.RELIST_FRESH_S
+        since = self._watch_started if w.existing == "none" else -float("inf")
+        found, fresh = [], 0
+        for f in listed:
+            path = self._abs(f)
+            if is_ser(path) or str(path) in queued or path in waiting or self.session.is_done(path):
+                continue
+            try:
+                mtime = os.lstat(path).st_mtime
+            except OSError:
+                continue  # gone again
+            if mtime < since:
+                continue
+            if mtime > settled_before:
+                fresh += 1
+                continue
+            found.append(path)
+        for path in found:
+            bisect.insort(self._existing_left, path, key=natural_key)
+        self._feed_existing()
+        if found:
+            logger.warning("{} frames whose events were lost are queued", len(found))
+        if fresh and self._relists_left > 0:
+            self._relists_left -= 1
+            self._relist_at = time.monotonic() + self.RELIST_FRESH_S
+        else:
+            self._relist_at = None
 
     def _feed_existing(self) -> None:
         left = self._existing_left
@@ -766,6 +831,15 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if self._overflow.is_set():
+            self._overflow.clear()
+            self._relist_at, self._relists_left = now, self.RELIST_TIMES
+        if self._relist_at is not None and now >= self._relist_at and self.session is not None:
+            try:
+                self._relist()
+            except OSError as err:
+                logger.error("cannot list {} again: {}; retrying", self.input_dir, err)
+                self._relist_at = now + self.RELIST_FRESH_S
         period = self.notifier.watchdog_period()
         if period is not None and now - self._last_ping >= period / 3:
             self.notifier.watchdog_ping()

@@ -731,13 +731,16 @@ class _InotifyReader:
     ``IN_MODIFY`` -> modified (only with ``modify``: growing SER videos).
     The folder deleted (``IN_DELETE_SELF``), unmounted or its watch removed
     ends the thread (:meth:`alive` turns False), as watchdog's emitter stops.
-    An event queue overflow (events lost by the kernel) is logged.
+    An event queue overflow (the kernel dropped events: the reader fell
+    ``/proc/sys/fs/inotify/max_queued_events`` behind) is logged and reported
+    to ``on_overflow``, which should list the folder again.
     """
 
     def __init__(self, folder: Path, handler: FrameEventHandler, *, modify: bool,
-                 follow_symlinks: bool) -> None:
+                 follow_symlinks: bool, on_overflow: Callable[[], None] | None = None) -> None:
         self.folder = folder
         self.handler = handler
+        self.on_overflow = on_overflow
         # No IN_DONT_FOLLOW: it applies to the watched path only, and a capture
         # folder given as a symlink is what the user asked to watch (with it,
         # the link itself was watched and no frame ever arrived). Symlinks
@@ -847,8 +850,7 @@ class _InotifyReader:
                 if mask & (_IN_DELETE_SELF | _IN_IGNORED | _IN_UNMOUNT):
                     return False
                 if mask & _IN_Q_OVERFLOW:
-                    log.warning("inotify event queue of %s overflowed: events were lost",
-                                self.folder)
+                    self._overflowed()
                 continue
             if name[:1] in (b".", b"~"):
                 continue  # hidden or temporary: never a frame (is_frame_name)
@@ -867,6 +869,17 @@ class _InotifyReader:
                 log.exception("error handling inotify event %#x for %s", mask, path)
         return True
 
+    def _overflowed(self) -> None:
+        if self.on_overflow is None:
+            log.warning("inotify event queue of %s overflowed: events were lost", self.folder)
+            return
+        log.warning("inotify event queue of %s overflowed: events were lost; listing the "
+                    "folder again", self.folder)
+        try:
+            self.on_overflow()
+        except Exception:  # never let anything end the reader
+            log.exception("error handling the inotify queue overflow of %s", self.folder)
+
 
 # -------------------------------------------------------------------- watcher
 
@@ -882,6 +895,12 @@ class FolderWatcher:
     ``start()``/``stop()`` or use as a context manager. Files already present
     at start are not reported: use :func:`list_existing_frames` for those
     (start the watcher first, then list, and de-duplicate).
+
+    ``on_overflow()`` is called (on the reader's thread) when the kernel
+    dropped events because they were not read in time (an inotify queue
+    overflow): frames completed meanwhile were not reported, so list the
+    folder again. Only the single-folder reader reports it; watchdog's
+    observer (``recursive``) logs it and carries on.
     """
 
     def __init__(
@@ -900,6 +919,7 @@ class FolderWatcher:
         on_error: OnError | None = None,
         on_growing: OnGrowing | None = None,
         growing_suffixes: Collection[str] = GROWING_SUFFIXES,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
@@ -920,6 +940,7 @@ class FolderWatcher:
         self.on_error = on_error
         self.on_growing = on_growing
         self.growing_suffixes = _normalize_suffixes(growing_suffixes)
+        self.on_overflow = on_overflow
         self.handler: FrameEventHandler | None = None
         self._observer: BaseObserver | None = None
         self._reader: _InotifyReader | None = None
@@ -967,7 +988,8 @@ class FolderWatcher:
             if (not self.polling and _NATIVE_EMITS_CLOSE and not self.recursive
                     and _InotifyReader.available()):
                 reader = _InotifyReader(self.folder, handler, modify=growing,
-                                        follow_symlinks=self.follow_symlinks)
+                                        follow_symlinks=self.follow_symlinks,
+                                        on_overflow=self.on_overflow)
                 reader.start()
                 self.handler = handler
                 self._reader = reader

@@ -310,3 +310,77 @@ def test_compress_live_false_stores_live_pngs_and_compresses_them_at_the_pause(
     batch = run_batch(inp, tmp_path / "batch", load_settings())
     assert batch.stats.processed == 12
     assert (out / "stacked.png").read_bytes() == (tmp_path / "batch" / "stacked.png").read_bytes()
+
+
+def _drop_events_while(daemon, write):
+    """Run ``write()`` while the watcher's handler drops every event (as the
+    kernel does when its inotify queue overflows), then let the reader see
+    the IN_Q_OVERFLOW record the kernel appends."""
+    from luckystack.daemon.watcher import _EVENT_HEADER, _IN_Q_OVERFLOW
+
+    handler = daemon.watcher.handler
+    handler.closed = handler.moved_in = handler.created = lambda *a, **k: None
+    try:
+        write()
+    finally:
+        for name in ("closed", "moved_in", "created"):
+            delattr(handler, name)  # the class's methods again
+    record = _EVENT_HEADER.pack(-1, _IN_Q_OVERFLOW, 0, 0)
+    daemon.watcher._reader._events(record, os.fsencode(daemon.watcher.folder))
+
+
+def test_frames_whose_events_were_dropped_are_found_by_listing_the_folder_again(
+    tmp_path, small_session
+):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames]
+
+    def write(first, last):
+        for i in range(first, last + 1):
+            tmp = inp / f".frame_{i}.png.part"
+            tmp.write_bytes(payloads[i - 1])
+            os.replace(tmp, inp / f"frame_{i}.png")
+
+    def unseen():
+        write(11, 30)
+        old = time.time() - 60  # settled long ago: queued by the first listing
+        for i in range(11, 21):
+            os.utime(inp / f"frame_{i}.png", (old, old))
+        # 21-30 were just written: left to a listing a second later
+
+    with Running(inp, out) as d:
+        write(1, 10)
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 10)
+        _drop_events_while(d, unseen)
+        write(31, 31)  # events flow again
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 31)
+        assert _wait_for(lambda: not d.session.dirty)
+        time.sleep(1.5)  # a further listing finds nothing more
+    rows = _rows(out / "crops.csv")
+    files = [r["file"] for r in rows]
+    assert len(files) == 31
+    assert sorted(files) == sorted(f"frame_{i}.png" for i in range(1, 32))
+    assert files[:10] == [f"frame_{i}.png" for i in range(1, 11)]
+
+
+def test_listing_again_keeps_ignoring_frames_present_at_start_with_existing_none(
+    tmp_path, capture_copy
+):
+    settings = load_settings()
+    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"existing": "none"})})
+    out = tmp_path / "out"
+    old = time.time() - 60
+    for f in capture_copy.iterdir():
+        os.utime(f, (old, old))  # there long before the watch
+    data = (capture_copy / "frame_1.png").read_bytes()
+    with Running(capture_copy, out, settings) as d:
+        def unseen():
+            (capture_copy / "frame_61.png").write_bytes(data)
+            t = time.time() - 2  # settled, but written after the watch began
+            os.utime(capture_copy / "frame_61.png", (t, t))
+        time.sleep(2.5)
+        _drop_events_while(d, unseen)
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 1)
+        time.sleep(1.5)
+    assert [r["file"] for r in _rows(out / "crops.csv")] == ["frame_61.png"]

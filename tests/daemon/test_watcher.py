@@ -651,3 +651,20 @@ def test_native_reader_reports_what_the_watchdog_observer_reports(capture: Path,
     assert all(p == capture / "v.ser" for p in growing)
     assert rec.errors == []
     assert not w.alive()
+
+
+def test_inotify_queue_overflow_is_reported(capture: Path) -> None:
+    """The kernel appends one IN_Q_OVERFLOW record (wd -1, no name) when it
+    drops events; the reader hands it to on_overflow and carries on."""
+    from luckystack.daemon.watcher import _EVENT_HEADER, _IN_Q_OVERFLOW
+
+    rec = Recorder()
+    overflows: list[int] = []
+    with FolderWatcher(capture, rec.on_frame, on_overflow=lambda: overflows.append(1)) as w:
+        record = _EVENT_HEADER.pack(-1, _IN_Q_OVERFLOW, 0, 0)
+        assert w._reader is not None
+        assert w._reader._events(record, os.fsencode(capture)) is True  # still watching
+        assert overflows == [1]
+        barrier(capture, rec, "zz_sentinel.png")
+        assert w.alive()
+    assert rec.names() == ["zz_sentinel.png"]
