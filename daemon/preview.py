@@ -1,10 +1,10 @@
 """The live preview in the browser (``[preview]``): a small read-only web server.
 
 ``watch`` starts it when ``[preview] enabled``. Its one page shows the latest
-sharpened (or stacked, or comparison) image, the frame count, the acceptance
-rate, the current quality and a quality-over-time plot, and updates itself
-through server-sent events (``/events``) whenever the daemon writes new
-images; a phone or tablet at the telescope is the intended client.
+sharpened (or stacked, or comparison) image, the frame count, the share of
+usable frames (stacked or only below the lucky cut), the current quality and a
+quality-over-time plot, and updates itself through server-sent events
+(``/events``) whenever the daemon writes new images; a phone or tablet at the telescope is the intended client.
 
 Two halves, joined only by :class:`PreviewState`:
 
@@ -52,6 +52,7 @@ from typing import Any
 
 from loguru import logger
 
+from luckystack.core.pipeline import LUCKY_CUT_REASON
 from luckystack.daemon.session import OUTPUT_NAMES
 
 __all__ = ["PreviewState", "PreviewServer", "start_preview", "stop_preview"]
@@ -113,6 +114,7 @@ class PreviewState:
         self._seq = 0
         self._processed = 0
         self._accepted = 0
+        self._below_cut = 0  # rejected only for not being among the sharpest (the lucky cut)
         self._quality: float | None = None
         self._stacked = 0
         self._last: tuple[str, str, str] | None = None
@@ -133,7 +135,7 @@ class PreviewState:
     def seed(self, records: list[Any]) -> None:
         """Start from a session's CSV rows (a resumed session): counts, history, last."""
         with self._cond:
-            self._processed = self._accepted = self._stacked = 0
+            self._processed = self._accepted = self._below_cut = self._stacked = 0
             self._quality, self._last = None, None
             self._history.clear()
             for rec in records:
@@ -152,6 +154,8 @@ class PreviewState:
             if q is not None and math.isfinite(q):
                 self._quality = float(q)
                 self._history.append((self._processed, float(q)))
+        elif str(rec.reason or "").startswith(LUCKY_CUT_REASON):
+            self._below_cut += 1
 
     def wrote(self, folder: Path, names: tuple[str, ...] = IMAGES) -> None:
         """New output images ``names`` were written (atomically) into ``folder``.
@@ -197,6 +201,7 @@ class PreviewState:
             seq, version, folder = self._seq, self._version, self._folder
             versions = dict(self._versions)
             processed, accepted, quality = self._processed, self._accepted, self._quality
+            below_cut = self._below_cut
             stacked, last, updated = self._stacked, self._last, self._updated
             history = list(self._history)
         try:
@@ -212,6 +217,10 @@ class PreviewState:
             "accepted": accepted,
             "rejected": processed - accepted,
             "acceptance": accepted / processed if processed else None,
+            # Frames below the lucky cut are good frames, only not the sharpest:
+            # "usable" counts them with the accepted ones.
+            "below_cut": below_cut,
+            "usable": (accepted + below_cut) / processed if processed else None,
             "quality": quality,
             "stacked": stacked,
             "last": None if last is None else dict(zip(("file", "outcome", "reason"), last)),
@@ -805,7 +814,7 @@ h2 { font-size:.72em; font-weight:500; letter-spacing:.07em; text-transform:uppe
   <section>
     <div id="stats">
       <div><b id="frames">0</b><span>frames</span></div>
-      <div><b id="rate">&ndash;</b><span>accepted</span></div>
+      <div><b id="rate">&ndash;</b><span>usable</span></div>
       <div><b id="quality">&ndash;</b><span>quality</span></div>
       <div><b id="stacked">0</b><span>in stack</span></div>
     </div>
@@ -876,7 +885,10 @@ function render(s) {
   received = Date.now();
   $("session").textContent = s.session;
   $("frames").textContent = fmtInt(s.frames);
-  $("rate").textContent = s.acceptance == null ? "\u2013" : Math.round(100 * s.acceptance) + "%";
+  $("rate").textContent = s.usable == null ? "\u2013" : Math.round(100 * s.usable) + "%";
+  $("rate").parentNode.title = s.frames ? (fmtInt(s.accepted) + " stacked, " +
+    fmtInt(s.below_cut) + " below the lucky cut, " +
+    fmtInt(s.rejected - s.below_cut) + " rejected") : "";
   $("quality").textContent = fmtQ(s.quality);
   $("quality").title = s.quality == null ? "" : String(s.quality);
   $("stacked").textContent = fmtInt(s.stacked);

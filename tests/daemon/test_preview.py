@@ -35,11 +35,12 @@ TIMEOUT = 30.0
 # ------------------------------------------------------------------------ helpers
 
 
-def rec(n: int, *, accepted: bool = True, quality: float | None = None, stacked: int = 1):
+def rec(n: int, *, accepted: bool = True, quality: float | None = None, stacked: int = 1,
+        reason: str = "low quality"):
     """A stand-in for the CropRecord the daemon passes (the fields the preview reads)."""
     return SimpleNamespace(
         file=f"frame_{n}.png", outcome="accepted" if accepted else "rejected",
-        reason="" if accepted else "low quality", sharpness=quality, stacked=stacked,
+        reason="" if accepted else reason, sharpness=quality, stacked=stacked,
     )
 
 
@@ -223,6 +224,26 @@ def test_state_reports_counts_quality_and_writes(served):
     assert s["version"] == 1
     assert s["history"] == [[1, 2.0], [3, 2.5], [4, 3.0]]  # accepted frames only
     assert s["last"] == {"file": "frame_4.png", "outcome": "accepted", "reason": ""}
+    assert s["below_cut"] == 0 and s["usable"] == pytest.approx(0.75)
+
+
+def test_frames_below_the_lucky_cut_count_as_usable_not_as_bad(served):
+    from luckystack.core.pipeline import LUCKY_CUT_REASON
+
+    st = served.state
+    st.record(rec(1, quality=2.0))
+    for n in (2, 3, 4, 5, 6):
+        st.record(rec(n, accepted=False, quality=1.0,
+                      reason=f"{LUCKY_CUT_REASON}: sharpness 1 < 1.9, the best 25% of the last 6"))
+    st.record(rec(7, accepted=False, reason="no planet found: blank frame"))
+    st.record(rec(8, quality=2.2, stacked=2))
+    s = state_json(served.port)
+    assert (s["frames"], s["accepted"], s["rejected"], s["below_cut"]) == (8, 2, 6, 5)
+    assert s["acceptance"] == pytest.approx(2 / 8)
+    assert s["usable"] == pytest.approx(7 / 8)  # all but the blank frame
+    st.seed([rec(1), rec(2, accepted=False, reason=f"{LUCKY_CUT_REASON}: ...")])  # a resume
+    s = state_json(served.port)
+    assert (s["frames"], s["below_cut"], s["usable"]) == (2, 1, 1.0)
     assert s["session"] == "out"
     assert s["boot"] == st.boot
 

@@ -110,7 +110,11 @@ def test_page_shows_new_frames_live_without_reload(tmp_path, small_session):
                 assert page.evaluate("window.__loadMarker") == "first load"  # never reloaded
                 assert page.get_attribute("#img", "src") != src
                 assert page.inner_text("#status") == "live"
-                assert page.inner_text("#rate").endswith("%")
+                snap = state.snapshot()  # all 24 frames in: final
+                assert snap["usable"] > snap["acceptance"]  # frames below the lucky cut
+                assert page.inner_text("#rate") == f"{int(100 * snap['usable'] + 0.5)}%"
+                title = page.evaluate("document.getElementById('rate').parentNode.title")
+                assert f"{snap['below_cut']} below the lucky cut" in title, title
                 assert page.inner_text("#quality") not in ("", "\u2013")
                 page.wait_for_function(f"() => ({PLOT_INK})() > 50", timeout=WAIT_MS)
                 page.screenshot(path=str(arts / "preview_e2e.png"), full_page=True)
