@@ -70,7 +70,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from scipy import fft as sp_fft
 
 from luckystack.core import _stats
 from luckystack.core.crop import (
@@ -371,11 +370,28 @@ class FrameOutcome:
     stacked: int = 0
 
 
+def _next_fast_len(n: int) -> int:
+    """The smallest size >= ``n`` with no prime factor above 11.
+
+    ``scipy.fft.next_fast_len(n, real=False)``: the sizes crops have always
+    had (a resumed session keeps its crop size), without importing scipy.fft.
+    """
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5, 7, 11):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
 def _fast_even(n: int) -> int:
-    """The smallest even size >= n whose FFT is fast (factors 2, 3, 5)."""
-    m = sp_fft.next_fast_len(n, real=False)
+    """The smallest even size >= n whose FFT is fast (factors 2, 3, 5, 7, 11)."""
+    m = _next_fast_len(n)
     while m % 2:
-        m = sp_fft.next_fast_len(m + 1, real=False)
+        m = _next_fast_len(m + 1)
     return m
 
 

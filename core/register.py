@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import fft as sp_fft
 
 from luckystack.core.errors import FrameError, RegistrationError
 
@@ -56,6 +55,20 @@ def _upsampled_dft(
 def _band(n: int, fmax: float) -> np.ndarray:
     """Indices of the FFT bins of an ``n``-point axis with ``|f| <= fmax``."""
     return np.flatnonzero(np.abs(np.fft.fftfreq(n)) <= fmax)
+
+
+def _spectrum(image: np.ndarray) -> np.ndarray:
+    """The 2-D DFT of a float32 image as an (H, W, 2) float32 array (re, im).
+
+    OpenCV's DFT: as fast as scipy.fft's at these sizes, without the GIL, and
+    it spares the daemon importing scipy.fft (~0.3 s at every start).
+    """
+    return cv2.dft(image, flags=cv2.DFT_COMPLEX_OUTPUT)
+
+
+def _complex(spectrum: np.ndarray) -> np.ndarray:
+    """An (H, W, 2) float32 spectrum viewed as (H, W) complex64 (no copy)."""
+    return spectrum.view(np.complex64)[..., 0]
 
 
 def _window(shape: tuple[int, int]) -> np.ndarray:
@@ -154,14 +167,17 @@ def estimate_shift(
         win = _window(ref.shape)
         ref *= win
         mov *= win
-    product = sp_fft.fft2(ref) * sp_fft.fft2(mov).conj()
+    cross = cv2.mulSpectrums(_spectrum(ref), _spectrum(mov), 0, conjB=True)
+    product = _complex(cross)  # the cross-power spectrum; edits below change ``cross``
     if whiten > 0:
         product /= (np.abs(product) + 1e-12 * np.abs(product).max()) ** whiten
     if lowpass > 0:
         fy = np.fft.fftfreq(ref.shape[0])[:, None]
         fx = np.fft.fftfreq(ref.shape[1])[None, :]
         product *= np.exp(-(fy**2 + fx**2) / (2.0 * lowpass**2)).astype(np.float32)
-    corr = sp_fft.ifft2(product).real
+    # Real output: the spectrum of two real images' correlation is Hermitian
+    # (and stays so when whitened or low-passed).
+    corr = cv2.idft(cross, flags=cv2.DFT_SCALE | cv2.DFT_REAL_OUTPUT)
     peak_idx = np.unravel_index(int(np.argmax(corr)), corr.shape)
     shape = np.array(ref.shape, dtype=np.float64)
     shifts = np.array(peak_idx, dtype=np.float64)

@@ -39,13 +39,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from scipy import sparse
 
 from luckystack.core import _stats
 from luckystack.core.errors import FrameError
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 __all__ = [
     "AlignmentGrid",
@@ -1153,6 +1156,8 @@ def _overlap_matrix(
     n_in: int, shift: float, scale: float, half: float, size: int
 ) -> sparse.csr_matrix:
     """``(n_in, size)`` matrix of overlap lengths for a pure translation on one axis."""
+    from scipy import sparse  # here: only drizzle needs it (its import costs the daemon ~0.2 s)
+
     centers = (np.arange(n_in) - shift + 0.5) * scale - 0.5
     k, length = _overlaps(centers, half, size)
     rows = np.repeat(np.arange(n_in), k.shape[1])

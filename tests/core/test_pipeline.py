@@ -418,3 +418,15 @@ def test_a_measure_of_another_stacker_is_not_used(session):
     assert foreign.box is not None and foreign.crop_size_hw != b.crop_size_hw
     got, want = b.add(frames[10], foreign), b_ref.add(frames[10])
     assert got == want and got.box != foreign.box
+
+
+def test_crop_sizes_are_scipys_fast_lengths_made_even():
+    from scipy import fft as sp_fft
+
+    from luckystack.core.pipeline import _fast_even, _next_fast_len
+
+    for n in range(1, 3000):
+        assert _next_fast_len(n) == sp_fft.next_fast_len(n, real=False), n
+        m = _fast_even(n)
+        assert m >= n and m % 2 == 0 and _next_fast_len(m) == m
+        assert all(_next_fast_len(k) != k or k % 2 for k in range(n, m)), n

@@ -57,3 +57,22 @@ def test_shape_mismatch_and_flat_images_raise():
         estimate_shift(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
     with pytest.raises(RegistrationError, match="flat"):
         estimate_shift(np.ones((16, 16)), _scene((16, 16)))
+
+
+def test_spectrum_is_the_complex_dft_and_the_peak_is_exact_for_a_copy():
+    from luckystack.core.register import _complex, _spectrum
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(30, 44)).astype(np.float32)
+    np.testing.assert_allclose(_complex(_spectrum(img)), np.fft.fft2(img), rtol=0, atol=1e-3)
+    est = estimate_shift(img, img.copy())
+    assert est.shift_yx == (0.0, 0.0)
+    assert est.peak == pytest.approx(1.0, abs=1e-5)
+
+
+def test_known_shift_recovered_on_odd_and_prime_sizes():
+    for shape in [(97, 103), (121, 128), (75, 77)]:  # the disc inside: no edge bias
+        ref = _scene(shape)
+        est = estimate_shift(ref, nd_shift(ref, (2.25, -3.5), order=3))
+        assert est.shift_yx == pytest.approx((2.25, -3.5), abs=0.1), shape
+        assert est.peak > 0.95
