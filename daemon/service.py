@@ -319,19 +319,23 @@ class Daemon:
         more frames than ``[watch] queue_size``).
         """
         assert self.session is not None
-        w = self.settings.watch
-        frames = list_existing_frames(
-            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
-            follow_symlinks=w.follow_symlinks,
-        )
+        frames, unusable = self._listing()
         todo = [f for f in frames if is_ser(f) or not self.session.is_done(f)]
-        todo += [f for f in list_unusable_entries(
-            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
-            follow_symlinks=w.follow_symlinks,
-        ) if not self.session.is_done(f)]
-        self._existing_left = [self._abs(f) for f in todo]  # the watcher's paths are absolute
+        todo += [f for f in unusable if not self.session.is_done(f)]
+        self._existing_left = todo
         self._feed_existing()
         return len(todo)
+
+    def _listing(self) -> tuple[list[Path], list[Path]]:
+        """The folder's frames and its unusable entries named like frames, as
+        :func:`list_existing_frames` and :func:`list_unusable_entries` give them
+        (natural order), with absolute paths, as the watcher reports them."""
+        w = self.settings.watch
+        how = dict(recursive=w.recursive, suffixes=w.suffixes, follow_symlinks=w.follow_symlinks)
+        return (
+            [self._abs(f) for f in list_existing_frames(self.input_dir, **how)],
+            [self._abs(f) for f in list_unusable_entries(self.input_dir, **how)],
+        )
 
     #: After an event overflow, files modified less than this long ago are left
     #: to their own events (they may still be being written) ...
@@ -352,22 +356,14 @@ class Daemon:
         ignored.
         """
         assert self.session is not None
-        w = self.settings.watch
-        listed = list_existing_frames(
-            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
-            follow_symlinks=w.follow_symlinks,
-        ) + list_unusable_entries(
-            self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
-            follow_symlinks=w.follow_symlinks,
-        )
+        frames, unusable = self._listing()
         with self._queued_lock:
             queued = set(self._queued)
         waiting = set(self._existing_left)
         settled_before = time.time() - self.RELIST_FRESH_S
-        since = self._watch_started if w.existing == "none" else -float("inf")
+        since = self._watch_started if self.settings.watch.existing == "none" else -float("inf")
         found, fresh = [], 0
-        for f in listed:
-            path = self._abs(f)
+        for path in frames + unusable:
             if is_ser(path) or str(path) in queued or path in waiting or self.session.is_done(path):
                 continue
             try:
@@ -400,11 +396,9 @@ class Daemon:
 
     def _skip_existing_sers(self) -> None:
         """``existing = "none"``: frames already in a SER at start are not processed."""
-        w = self.settings.watch
-        for f in list_existing_frames(self.input_dir, recursive=w.recursive, suffixes=w.suffixes,
-                                      follow_symlinks=w.follow_symlinks):
+        for f in self._listing()[0]:
             if is_ser(f):
-                self._ser_skip[self._abs(f)] = self.loader.ser_available(f)
+                self._ser_skip[f] = self.loader.ser_available(f)
                 self.loader.forget(f)
 
     # -- session -------------------------------------------------------------------
