@@ -67,6 +67,7 @@ class WatchSettings(_Section):
     follow_symlinks: bool = False
     on_folder_lost: Literal["wait", "exit"] = "wait"
     queue_size: int = Field(10000, ge=1)
+    max_lag_frames: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _suffixes_have_dots(self) -> WatchSettings:

@@ -34,6 +34,7 @@ listed again so that no frame is left behind.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import os
 import queue
@@ -98,12 +99,8 @@ class _SerState:
 
 
 def _add_stats(total: SessionStats, s: SessionStats) -> None:
-    total.processed += s.processed
-    total.accepted += s.accepted
-    total.rejected += s.rejected
-    total.writes += s.writes
-    total.write_failures += s.write_failures
-    total.resumed += s.resumed
+    for f in dataclasses.fields(SessionStats):  # every count (below_cut was once left out)
+        setattr(total, f.name, getattr(total, f.name) + getattr(s, f.name))
 
 
 @dataclass
@@ -212,6 +209,8 @@ class Daemon:
         self._relist_at: float | None = None  # when to list the folder again (monotonic)
         self._relists_left = 0
         self._watch_started = 0.0  # wall clock: files older are "existing"
+        self._skip_logged = -float("inf")
+        self._skipped_unlogged = 0
         self._retired = SessionStats()
         self.ser_outputs: list[Path] = []  # every SER session output folder, in order
         self.preview_state = PreviewState(self.output_dir)  # what the [preview] page shows
@@ -529,8 +528,10 @@ class Daemon:
             self.loader.close()
             s = self.totals()
             logger.info(
-                "stopped: {} frames processed ({} accepted, {} rejected), {} writes, "
-                "{} coalesced", s.processed, s.accepted, s.rejected, s.writes, self.coalesced,
+                "stopped: {} frames processed ({} accepted, {} rejected{}), {} writes, "
+                "{} coalesced", s.processed, s.accepted, s.rejected,
+                f", {s.skipped} of them skipped to keep up" if s.skipped else "",
+                s.writes, self.coalesced,
             )
 
     def _loop(self) -> int:
@@ -601,7 +602,7 @@ class Daemon:
                 for path in batch:
                     if is_ser(path):
                         self._follow_ser(path)
-                files = self._claim([p for p in batch if not is_ser(p)])
+                files = self._keep_up(self._claim([p for p in batch if not is_ser(p)]))
                 self._batch_left = len(files)
                 depth = self.prefetcher.depth
                 for i, path in enumerate(files):
@@ -636,6 +637,39 @@ class Daemon:
             elif time.monotonic() - self._last_write >= self.min_write_interval_s:
                 self._write(quick=True)
         return None
+
+    #: The CSV reason of a frame skipped by ``[watch] max_lag_frames``.
+    SKIP_REASON = "skipped to keep up: more than {} frames were waiting ([watch] max_lag_frames)"
+
+    def _keep_up(self, files: list[Path]) -> list[Path]:
+        """The frames of ``files`` to process; with ``[watch] max_lag_frames = N``
+        the oldest are recorded as skipped, unread, while more than N wait.
+
+        A camera faster than the worker otherwise makes the live images lag
+        further and further behind it (every frame is stacked, in order);
+        skipping the oldest keeps them within N frames of the newest.
+        """
+        lag = self.settings.watch.max_lag_frames
+        if lag <= 0 or not files:
+            return files
+        assert self.session is not None
+        waiting = len(files) + self.queue.qsize() + len(self._existing_left)
+        n = min(len(files), waiting - lag)
+        if n <= 0:
+            return files
+        reason = self.SKIP_REASON.format(lag)
+        for path in files[:n]:
+            self.prefetcher.discard(path)
+            self._log_record(self.session.skip(path, reason))
+        self._skipped_unlogged += n
+        now = time.monotonic()
+        if now - self._skip_logged >= 60.0:
+            logger.warning(
+                "{} frames skipped, unread, to keep the live images within {} frames of the "
+                "camera ([watch] max_lag_frames); `luckystack run` stacks every frame",
+                self._skipped_unlogged, lag)
+            self._skip_logged, self._skipped_unlogged = now, 0
+        return files[n:]
 
     def _defer_after_backlog(self, batch: list[Path]) -> list[Path]:
         """While listed frames wait for room in the queue, frames arriving live

@@ -42,6 +42,7 @@ from luckystack.daemon.sources import (
     FrameRef,
     LoadedFrame,
     as_ref,
+    file_time,
     frame_key,
     parse_key,
 )
@@ -103,6 +104,8 @@ class SessionStats:
     rejected: int = 0
     #: Of the rejected: usable frames left out by the lucky cut.
     below_cut: int = 0
+    #: Of the rejected: frames not read, to keep up ([watch] max_lag_frames).
+    skipped: int = 0
     writes: int = 0
     write_failures: int = 0
     resumed: int = 0
@@ -330,14 +333,7 @@ class Session:
             logger.bind(frame=key).opt(exception=err).error("unexpected error on this frame")
             outcome = FrameOutcome(accepted=False, reason=f"internal error: "
                                    f"{type(err).__name__}: {err}")
-        record = self._record(key, when, outcome)
-        self._append(record)
-        self._done.add(key)
-        if is_transient_reason(record.reason):
-            self._retry.add(key)
-        else:
-            self._retry.discard(key)
-        self.stats.processed += 1
+        record = self._commit(key, when, outcome)
         if outcome.accepted:
             self.stats.accepted += 1
             self._dirty = self._slow_dirty = True
@@ -348,6 +344,34 @@ class Session:
                 logger.bind(frame=key).debug("frame not stacked: {}", outcome.reason)
             else:
                 logger.bind(frame=key).warning("frame rejected: {}", outcome.reason)
+        return record
+
+    def skip(self, item: FrameRef | Path, reason: str) -> CropRecord:
+        """Record ``item`` as rejected for ``reason`` without reading it (one CSV row).
+
+        The watch daemon's way to keep up (``[watch] max_lag_frames``): the
+        frame is final for this session, as any rejected one; ``luckystack
+        run`` over the folder into another output processes it.
+        """
+        ref = as_ref(item)
+        key = self.key(ref)
+        outcome = FrameOutcome(accepted=False, reason=reason)
+        record = self._commit(key, file_time(ref.path), outcome)
+        self.stats.rejected += 1
+        self.stats.skipped += 1
+        logger.bind(frame=key).debug("frame skipped: {}", reason)
+        return record
+
+    def _commit(self, key: str, when: datetime, outcome: FrameOutcome) -> CropRecord:
+        """Append the CSV row of one frame and count it as processed."""
+        record = self._record(key, when, outcome)
+        self._append(record)
+        self._done.add(key)
+        if is_transient_reason(record.reason):
+            self._retry.add(key)
+        else:
+            self._retry.discard(key)
+        self.stats.processed += 1
         return record
 
     def _record(self, key: str, when: datetime, o: FrameOutcome) -> CropRecord:

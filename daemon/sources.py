@@ -50,6 +50,7 @@ __all__ = [
     "LoadedFrame",
     "FrameLoader",
     "is_ser",
+    "file_time",
     "frame_key",
     "parse_key",
     "prefetch",
@@ -125,7 +126,8 @@ class LoadedFrame:
     measure: FrameMeasure | None = None
 
 
-def _mtime(path: Path) -> datetime:
+def file_time(path: Path) -> datetime:
+    """A frame file's modification time (UTC); now if it cannot be stat'ed."""
     try:
         return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
     except OSError:
@@ -251,7 +253,7 @@ class FrameLoader:
             except FrameError:
                 when = None
             if when is None:
-                when = _mtime(ref.path)
+                when = file_time(ref.path)
         else:
             if is_ser(ref.path):
                 raise FrameError(f"{ref.path.name}: a SER video needs a frame index")

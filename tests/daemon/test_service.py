@@ -384,3 +384,58 @@ def test_listing_again_keeps_ignoring_frames_present_at_start_with_existing_none
         assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 1)
         time.sleep(1.5)
     assert [r["file"] for r in _rows(out / "crops.csv")] == ["frame_61.png"]
+
+
+def _with_lag(settings, lag):
+    return settings.model_copy(
+        update={"watch": settings.watch.model_copy(update={"max_lag_frames": lag})})
+
+
+def test_max_lag_frames_skips_the_oldest_waiting_frames_unread(tmp_path, capture_copy, monkeypatch):
+    """60 frames wait at start and at most 10 may: the 50 oldest get a 'skipped'
+    row without being read, the 10 newest are stacked as a run of them would be."""
+    from luckystack.daemon import sources
+
+    out = tmp_path / "out"
+    read: list[str] = []
+    real_load = sources.FrameLoader.load
+
+    def counting_load(self, item):
+        read.append(sources.as_ref(item).path.name)
+        return real_load(self, item)
+
+    monkeypatch.setattr(sources.FrameLoader, "load", counting_load)
+    with Running(capture_copy, out, _with_lag(load_settings(), 10)) as d:
+        assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
+        assert _wait_for(lambda: not d.session.dirty)
+        stats = d.totals()
+    rows = _rows(out / "crops.csv")
+    assert [r["file"] for r in rows] == [f"frame_{i}.png" for i in range(1, 61)]
+    skipped = [r for r in rows if r["reason"].startswith("skipped to keep up")]
+    assert [r["file"] for r in skipped] == [f"frame_{i}.png" for i in range(1, 51)]
+    assert all(r["sharpness"] == "" and r["x"] == "" for r in skipped)
+    assert not set(read) & {r["file"] for r in skipped}  # never decoded
+    assert stats.skipped == 50 and stats.processed == 60
+    with Running(capture_copy, out, _with_lag(load_settings(), 10)) as d:  # a restart
+        assert d.session.stats.resumed == 10  # the stacked frames, none of the skipped
+        time.sleep(0.3)
+    assert len(_rows(out / "crops.csv")) == 60  # skipped frames are final, not redone
+    # The 10 stacked are those a run over the same 10 frames stacks.
+    last10 = tmp_path / "last10"
+    last10.mkdir()
+    for i in range(51, 61):
+        (last10 / f"frame_{i}.png").write_bytes((capture_copy / f"frame_{i}.png").read_bytes())
+    run_batch(last10, tmp_path / "run_out", load_settings())
+    assert (out / "stacked.png").read_bytes() == (tmp_path / "run_out" / "stacked.png").read_bytes()
+
+
+def test_max_lag_frames_skips_nothing_while_the_worker_keeps_up(tmp_path, small_session):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    payloads = [_png_bytes(f) for f in small_session.frames[:12]]
+    with Running(inp, out, _with_lag(load_settings(), 10)) as d:
+        for i, data in enumerate(payloads, start=1):
+            (inp / f"frame_{i}.png").write_bytes(data)
+            assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= i)  # one at a time
+        assert d.totals().skipped == 0
+    assert not any(r["reason"].startswith("skipped") for r in _rows(out / "crops.csv"))
