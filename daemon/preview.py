@@ -53,7 +53,7 @@ from typing import Any
 from loguru import logger
 
 from luckystack.core.pipeline import LUCKY_CUT_REASON
-from luckystack.daemon.session import OUTPUT_NAMES
+from luckystack.daemon.session import OUTPUT_NAMES, SKIPPED_REASON
 
 __all__ = ["PreviewState", "PreviewServer", "start_preview", "stop_preview"]
 
@@ -115,6 +115,7 @@ class PreviewState:
         self._processed = 0
         self._accepted = 0
         self._below_cut = 0  # rejected only for not being among the sharpest (the lucky cut)
+        self._skipped = 0  # not read, to keep up ([watch] max_lag_frames): of unknown quality
         self._quality: float | None = None
         self._stacked = 0
         self._last: tuple[str, str, str] | None = None
@@ -135,7 +136,8 @@ class PreviewState:
     def seed(self, records: list[Any]) -> None:
         """Start from a session's CSV rows (a resumed session): counts, history, last."""
         with self._cond:
-            self._processed = self._accepted = self._below_cut = self._stacked = 0
+            self._processed = self._accepted = self._below_cut = self._skipped = 0
+            self._stacked = 0
             self._quality, self._last = None, None
             self._history.clear()
             for rec in records:
@@ -156,6 +158,8 @@ class PreviewState:
                 self._history.append((self._processed, float(q)))
         elif str(rec.reason or "").startswith(LUCKY_CUT_REASON):
             self._below_cut += 1
+        elif str(rec.reason or "").startswith(SKIPPED_REASON):
+            self._skipped += 1
 
     def wrote(self, folder: Path, names: tuple[str, ...] = IMAGES) -> None:
         """New output images ``names`` were written (atomically) into ``folder``.
@@ -201,7 +205,7 @@ class PreviewState:
             seq, version, folder = self._seq, self._version, self._folder
             versions = dict(self._versions)
             processed, accepted, quality = self._processed, self._accepted, self._quality
-            below_cut = self._below_cut
+            below_cut, skipped = self._below_cut, self._skipped
             stacked, last, updated = self._stacked, self._last, self._updated
             history = list(self._history)
         try:
@@ -220,7 +224,9 @@ class PreviewState:
             # Frames below the lucky cut are good frames, only not the sharpest:
             # "usable" counts them with the accepted ones.
             "below_cut": below_cut,
-            "usable": (accepted + below_cut) / processed if processed else None,
+            "skipped": skipped,  # unread: left out of the usable share
+            "usable": (accepted + below_cut) / (processed - skipped)
+            if processed > skipped else None,
             "quality": quality,
             "stacked": stacked,
             "last": None if last is None else dict(zip(("file", "outcome", "reason"), last)),
@@ -888,7 +894,8 @@ function render(s) {
   $("rate").textContent = s.usable == null ? "\u2013" : Math.round(100 * s.usable) + "%";
   $("rate").parentNode.title = s.frames ? (fmtInt(s.accepted) + " stacked, " +
     fmtInt(s.below_cut) + " below the lucky cut, " +
-    fmtInt(s.rejected - s.below_cut) + " rejected") : "";
+    fmtInt(s.rejected - s.below_cut - s.skipped) + " rejected" +
+    (s.skipped ? ", " + fmtInt(s.skipped) + " skipped to keep up" : "")) : "";
   $("quality").textContent = fmtQ(s.quality);
   $("quality").title = s.quality == null ? "" : String(s.quality);
   $("stacked").textContent = fmtInt(s.stacked);

@@ -53,7 +53,13 @@ from luckystack.daemon.logs import configure_logging
 from luckystack.daemon.notify import SystemdNotifier
 from luckystack.daemon.preview import PreviewServer, PreviewState, start_preview, stop_preview
 from luckystack.core.errors import FrameError
-from luckystack.daemon.session import Session, SessionStats, recorded_keys, ser_output_dir
+from luckystack.daemon.session import (
+    SKIPPED_REASON,
+    Session,
+    SessionStats,
+    recorded_keys,
+    ser_output_dir,
+)
 from luckystack.daemon.sources import (
     FrameLoader,
     FrameRef,
@@ -639,7 +645,7 @@ class Daemon:
         return None
 
     #: The CSV reason of a frame skipped by ``[watch] max_lag_frames``.
-    SKIP_REASON = "skipped to keep up: more than {} frames were waiting ([watch] max_lag_frames)"
+    SKIP_REASON = SKIPPED_REASON + ": more than {} frames were waiting ([watch] max_lag_frames)"
 
     def _keep_up(self, files: list[Path]) -> list[Path]:
         """The frames of ``files`` to process; with ``[watch] max_lag_frames = N``

@@ -49,7 +49,7 @@ from luckystack.daemon.sources import (
 
 __all__ = [
     "Session", "SessionStats", "default_output_dir", "ser_output_dir", "recorded_keys",
-    "OUTPUT_NAMES",
+    "OUTPUT_NAMES", "SKIPPED_REASON",
 ]
 
 OUTPUT_NAMES = {
@@ -95,6 +95,10 @@ def recorded_keys(csv_path: Path) -> list[str]:
             return [row.get("file", "") for row in csv.DictReader(fh)]
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
+
+
+#: How the CSV reason of a frame skipped unread (Session.skip) begins.
+SKIPPED_REASON = "skipped to keep up"
 
 
 @dataclass(slots=True)

@@ -241,6 +241,11 @@ def test_frames_below_the_lucky_cut_count_as_usable_not_as_bad(served):
     assert (s["frames"], s["accepted"], s["rejected"], s["below_cut"]) == (8, 2, 6, 5)
     assert s["acceptance"] == pytest.approx(2 / 8)
     assert s["usable"] == pytest.approx(7 / 8)  # all but the blank frame
+    for n in (9, 10):  # skipped unread by [watch] max_lag_frames: no verdict on them
+        st.record(rec(n, accepted=False, reason="skipped to keep up: more than 10 frames ..."))
+    s = state_json(served.port)
+    assert (s["frames"], s["rejected"], s["skipped"]) == (10, 8, 2)
+    assert s["usable"] == pytest.approx(7 / 8)  # unchanged
     st.seed([rec(1), rec(2, accepted=False, reason=f"{LUCKY_CUT_REASON}: ...")])  # a resume
     s = state_json(served.port)
     assert (s["frames"], s["below_cut"], s["usable"]) == (2, 1, 1.0)
