@@ -43,7 +43,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Self
@@ -881,6 +881,26 @@ class _InotifyReader:
             log.exception("error handling the inotify queue overflow of %s", self.folder)
 
 
+class _Rerooted(FileSystemEventHandler):
+    """Passes watchdog's events under ``watched`` to ``handler`` as if under ``given``."""
+
+    def __init__(self, handler: FileSystemEventHandler, watched: str, given: str) -> None:
+        super().__init__()
+        self.handler = handler
+        self.watched, self.given = watched, given
+
+    def _path(self, path: bytes | str) -> str:
+        path = os.fsdecode(path)
+        if path == self.watched or path.startswith(self.watched + os.sep):
+            return self.given + path[len(self.watched):]
+        return path
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        src = self._path(event.src_path)
+        dest = self._path(event.dest_path) if event.dest_path else event.dest_path
+        self.handler.dispatch(replace(event, src_path=src, dest_path=dest))
+
+
 # -------------------------------------------------------------------- watcher
 
 
@@ -1014,10 +1034,17 @@ class FolderWatcher:
             else:  # pragma: no cover - non-Linux native observers
                 observer = Observer()
                 event_filter = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]
+            # watchdog watches the folder itself without following it: given as a
+            # symlink (to the capture drive, say), its target is watched instead and
+            # the events are handed on under the path the user gave.
+            watched = os.path.realpath(self.folder)
+            target: FileSystemEventHandler = handler
+            if watched != str(self.folder):
+                target = _Rerooted(handler, watched, str(self.folder))
             try:
                 observer.schedule(
-                    handler,
-                    str(self.folder),
+                    target,
+                    watched,
                     recursive=self.recursive,
                     event_filter=event_filter,
                     follow_symlink=self.follow_symlinks,

@@ -439,3 +439,23 @@ def test_max_lag_frames_skips_nothing_while_the_worker_keeps_up(tmp_path, small_
             assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= i)  # one at a time
         assert d.totals().skipped == 0
     assert not any(r["reason"].startswith("skipped") for r in _rows(out / "crops.csv"))
+
+
+def test_recursive_watch_of_a_capture_folder_given_as_a_symlink(tmp_path, small_session):
+    real = tmp_path / "drive" / "capture"
+    (real / "night1").mkdir(parents=True)
+    link = tmp_path / "capture"
+    link.symlink_to(real, target_is_directory=True)
+    settings = load_settings()
+    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"recursive": True})})
+    out = tmp_path / "out"
+    payloads = [_png_bytes(f) for f in small_session.frames[:5]]
+    with Running(link, out, settings) as d:
+        for i, data in enumerate(payloads, start=1):
+            (real / "night1" / f"frame_{i}.png").write_bytes(data)
+            assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 2 * i - 1, timeout=10)
+            (real / f"top_{i}.png").write_bytes(data)  # in the folder itself: was missed
+            assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 2 * i, timeout=10)
+        assert _wait_for(lambda: not d.session.dirty)
+    assert [r["file"] for r in _rows(out / "crops.csv")] == [
+        name for i in range(1, 6) for name in (f"night1/frame_{i}.png", f"top_{i}.png")]

@@ -668,3 +668,24 @@ def test_inotify_queue_overflow_is_reported(capture: Path) -> None:
         barrier(capture, rec, "zz_sentinel.png")
         assert w.alive()
     assert rec.names() == ["zz_sentinel.png"]
+
+
+def test_recursive_watch_of_a_capture_folder_given_as_a_symlink(capture: Path,
+                                                                tmp_path: Path) -> None:
+    """watchdog's observer watches what it is given without following it: the
+    link's target is watched, and frames are reported under the link's path."""
+    link = tmp_path / "capture_link"
+    link.symlink_to(capture, target_is_directory=True)
+    (capture / "session1").mkdir()
+    rec = Recorder()
+    with FolderWatcher(link, rec.on_frame, recursive=True, follow_symlinks=False):
+        write(capture / "session1" / "f_1.png", b"frame")
+        write(capture / "top.png", b"frame")
+        (capture / "session2").mkdir()
+        time.sleep(0.2)  # the new folder's watch
+        write(capture / "session2" / "f_2.png", b"frame")
+        assert wait_until(lambda: len(rec.names()) >= 3)
+    with rec.lock:
+        paths = sorted(p for p, _ in rec.frames)
+    assert paths == [link / "session1" / "f_1.png", link / "session2" / "f_2.png",
+                     link / "top.png"]
