@@ -4,7 +4,8 @@
 sharpened (or stacked, or comparison) image, the frame count, the share of
 usable frames (stacked or only below the lucky cut), the current quality and a
 quality-over-time plot, and updates itself through server-sent events
-(``/events``) whenever the daemon writes new images; a phone or tablet at the telescope is the intended client.
+(``/events``) whenever the daemon writes new images; a phone or tablet at the
+telescope is the intended client.
 
 Two halves, joined only by :class:`PreviewState`:
 

@@ -27,6 +27,12 @@ def _png_bytes(frame):
     return buf.tobytes()
 
 
+def _watching(**watch):
+    """The default settings with these ``[watch]`` options."""
+    settings = load_settings()
+    return settings.model_copy(update={"watch": settings.watch.model_copy(update=watch)})
+
+
 def test_slow_chunked_writes_are_read_once_and_complete(tmp_path, small_session, every_frame):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -367,8 +373,7 @@ def test_frames_whose_events_were_dropped_are_found_by_listing_the_folder_again(
 def test_listing_again_keeps_ignoring_frames_present_at_start_with_existing_none(
     tmp_path, capture_copy
 ):
-    settings = load_settings()
-    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"existing": "none"})})
+    settings = _watching(existing="none")
     out = tmp_path / "out"
     old = time.time() - 60
     for f in capture_copy.iterdir():
@@ -386,11 +391,6 @@ def test_listing_again_keeps_ignoring_frames_present_at_start_with_existing_none
     assert [r["file"] for r in _rows(out / "crops.csv")] == ["frame_61.png"]
 
 
-def _with_lag(settings, lag):
-    return settings.model_copy(
-        update={"watch": settings.watch.model_copy(update={"max_lag_frames": lag})})
-
-
 def test_max_lag_frames_skips_the_oldest_waiting_frames_unread(tmp_path, capture_copy, monkeypatch):
     """60 frames wait at start and at most 10 may: the 50 oldest get a 'skipped'
     row without being read, the 10 newest are stacked as a run of them would be."""
@@ -405,7 +405,7 @@ def test_max_lag_frames_skips_the_oldest_waiting_frames_unread(tmp_path, capture
         return real_load(self, item)
 
     monkeypatch.setattr(sources.FrameLoader, "load", counting_load)
-    with Running(capture_copy, out, _with_lag(load_settings(), 10)) as d:
+    with Running(capture_copy, out, _watching(max_lag_frames=10)) as d:
         assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= 60)
         assert _wait_for(lambda: not d.session.dirty)
         stats = d.totals()
@@ -416,7 +416,7 @@ def test_max_lag_frames_skips_the_oldest_waiting_frames_unread(tmp_path, capture
     assert all(r["sharpness"] == "" and r["x"] == "" for r in skipped)
     assert not set(read) & {r["file"] for r in skipped}  # never decoded
     assert stats.skipped == 50 and stats.processed == 60
-    with Running(capture_copy, out, _with_lag(load_settings(), 10)) as d:  # a restart
+    with Running(capture_copy, out, _watching(max_lag_frames=10)) as d:  # a restart
         assert d.session.stats.resumed == 10  # the stacked frames, none of the skipped
         time.sleep(0.3)
     assert len(_rows(out / "crops.csv")) == 60  # skipped frames are final, not redone
@@ -433,7 +433,7 @@ def test_max_lag_frames_skips_nothing_while_the_worker_keeps_up(tmp_path, small_
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     payloads = [_png_bytes(f) for f in small_session.frames[:12]]
-    with Running(inp, out, _with_lag(load_settings(), 10)) as d:
+    with Running(inp, out, _watching(max_lag_frames=10)) as d:
         for i, data in enumerate(payloads, start=1):
             (inp / f"frame_{i}.png").write_bytes(data)
             assert _wait_for(lambda: len(_rows(out / "crops.csv")) >= i)  # one at a time
@@ -446,8 +446,7 @@ def test_recursive_watch_of_a_capture_folder_given_as_a_symlink(tmp_path, small_
     (real / "night1").mkdir(parents=True)
     link = tmp_path / "capture"
     link.symlink_to(real, target_is_directory=True)
-    settings = load_settings()
-    settings = settings.model_copy(update={"watch": settings.watch.model_copy(update={"recursive": True})})
+    settings = _watching(recursive=True)
     out = tmp_path / "out"
     payloads = [_png_bytes(f) for f in small_session.frames[:5]]
     with Running(link, out, settings) as d:
