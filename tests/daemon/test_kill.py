@@ -82,9 +82,10 @@ def test_sigkill_at_random_moments(tmp_path, kit, capture_folder, payloads, watc
         for _ in range(7):
             if rng.random() < 0.3:  # anywhere: while importing, resuming or stacking
                 time.sleep(rng.uniform(0.2, 1.8))
-            else:  # while it works
+            else:  # while it works: frames waiting (a burst came), then a moment later
                 assert kit.wait_for(lambda: d.log().count("watching ") > starts or not d.alive())
-                time.sleep(rng.uniform(0.0, 0.5))
+                kit.wait_for(lambda: len(kit.rows(csv)) < written, 5)
+                time.sleep(rng.uniform(0.0, 0.1))
             before = len(kit.rows(csv))
             d.kill()
             kills.append((written, before))
