@@ -65,3 +65,49 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     (tmp_path / "bomb.png").write_bytes(png)
     with pytest.raises(FrameError, match="decompression bomb"):
         read_frame(tmp_path / "bomb.png")
+
+
+def _png(tmp_path, name="f.png"):
+    img = (np.arange(48 * 64) % 251).astype(np.uint8).reshape(48, 64)
+    path = tmp_path / name
+    path.write_bytes(cv2.imencode(".png", img)[1].tobytes())
+    return path, img
+
+
+def test_a_file_above_the_byte_limit_is_refused_unread(tmp_path):
+    path, img = _png(tmp_path)
+    size = path.stat().st_size
+    np.testing.assert_array_equal(read_frame(path, max_bytes=size).image, img)  # at the limit
+    with pytest.raises(FrameError, match=rf"refused: f.png is {size:,} bytes, above the "
+                                         rf"{size - 1:,} byte limit"):
+        read_frame(path, max_bytes=size - 1)
+
+
+def _stat_seen_short(monkeypatch, by: int):
+    """fstat reports the file ``by`` bytes shorter: as if it grew after the stat."""
+    import os
+
+    from luckystack.daemon import frames
+
+    real = os.fstat
+
+    def fstat(fd):
+        st = list(real(fd))
+        st[6] -= by  # st_size
+        return os.stat_result(st)
+
+    monkeypatch.setattr(frames.os, "fstat", fstat)
+
+
+def test_a_file_that_grew_after_the_stat_is_read_whole(tmp_path, monkeypatch):
+    path, img = _png(tmp_path)
+    _stat_seen_short(monkeypatch, 100)
+    np.testing.assert_array_equal(read_frame(path).image, img)
+
+
+def test_a_file_that_grew_beyond_the_limit_after_the_stat_is_refused(tmp_path, monkeypatch):
+    path, _ = _png(tmp_path)
+    size = path.stat().st_size
+    _stat_seen_short(monkeypatch, 100)  # fstat: size - 100, under the limit
+    with pytest.raises(FrameError, match=rf"f.png grew beyond the {size - 50:,} byte limit"):
+        read_frame(path, max_bytes=size - 50)
