@@ -737,14 +737,14 @@ class _InotifyReader:
     """
 
     def __init__(self, folder: Path, handler: FrameEventHandler, *, modify: bool,
-                 follow_symlinks: bool, on_overflow: Callable[[], None] | None = None) -> None:
+                 on_overflow: Callable[[], None] | None = None) -> None:
         self.folder = folder
         self.handler = handler
         self.on_overflow = on_overflow
         # No IN_DONT_FOLLOW: it applies to the watched path only, and a capture
         # folder given as a symlink is what the user asked to watch (with it,
         # the link itself was watched and no frame ever arrived). Symlinks
-        # *inside* the folder are judged by the handler (follow_symlinks).
+        # *inside* the folder are judged by the handler ([watch] follow_symlinks).
         mask = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE_SELF
         if modify:
             mask |= _IN_MODIFY
@@ -1008,7 +1008,6 @@ class FolderWatcher:
             if (not self.polling and _NATIVE_EMITS_CLOSE and not self.recursive
                     and _InotifyReader.available()):
                 reader = _InotifyReader(self.folder, handler, modify=growing,
-                                        follow_symlinks=self.follow_symlinks,
                                         on_overflow=self.on_overflow)
                 reader.start()
                 self.handler = handler
