@@ -615,7 +615,9 @@ class Daemon:
                 for path in batch:
                     if is_ser(path):
                         self._follow_ser(path)
-                files = self._keep_up(self._claim([p for p in batch if not is_ser(p)]))
+                files = self._claim([p for p in batch if not is_ser(p)])
+                self._batch_left = len(files)
+                files = self._keep_up(files)
                 self._batch_left = len(files)
                 depth = self.prefetcher.depth
                 for i, path in enumerate(files):
@@ -656,7 +658,8 @@ class Daemon:
 
     def _keep_up(self, files: list[Path]) -> list[Path]:
         """The frames of ``files`` to process; with ``[watch] max_lag_frames = N``
-        the oldest are recorded as skipped, unread, while more than N wait.
+        the oldest are recorded as skipped, unread, while more than N wait
+        (``files`` counted in :meth:`_waiting` as the batch left).
 
         A camera faster than the worker otherwise makes the live images lag
         further and further behind it (every frame is stacked, in order);
@@ -666,8 +669,7 @@ class Daemon:
         if lag <= 0 or not files:
             return files
         assert self.session is not None
-        waiting = len(files) + self.queue.qsize() + len(self._existing_left)
-        n = min(len(files), waiting - lag)
+        n = min(len(files), self._waiting() - lag)
         if n <= 0:
             return files
         reason = self.SKIP_REASON.format(lag)
@@ -900,7 +902,7 @@ class Daemon:
         """Warn when frames wait faster than they are stacked (a camera too fast)."""
         processed = self.totals().processed
         mark, self._behind_mark = self._behind_mark, (now, processed)
-        waiting = self.queue.qsize() + len(self._existing_left) + self._batch_left
+        waiting = self._waiting()
         if mark is None or waiting < self.BEHIND_FRAMES or now - self._behind_logged < 60.0:
             return
         rate = (processed - mark[1]) / max(now - mark[0], 1e-9)
