@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from luckystack.core._stats import quantiles
+from luckystack.core._stats import median, percentiles, quantiles
 from luckystack.core.errors import FrameError
 
 __all__ = [
@@ -121,11 +121,11 @@ def _half_max_edges(profile: np.ndarray) -> tuple[int, int, float]:
     last index inside the half-maximum edges.
     """
     n = profile.size
-    floor = float(np.median(profile))
+    floor = median(profile)
     p = profile - floor
     # Robust noise of the profile from its lower half (sky).
-    sky = p[p <= np.percentile(p, 50)]
-    noise = float(1.4826 * np.median(np.abs(sky - np.median(sky)))) + 1e-12
+    sky = p[p <= percentiles(p, (50,))[0]]
+    noise = float(1.4826 * median(np.abs(sky - median(sky)))) + 1e-12
     total = p.clip(min=0)
     if total.sum() <= 0:
         raise FrameError("no planet found: the frame has no gradient structure")
@@ -150,8 +150,7 @@ def _half_max_edges(profile: np.ndarray) -> tuple[int, int, float]:
 
 def _bright_border(lum: np.ndarray) -> bool:
     """True when the frame's border holds disc-bright pixels (a clipped planet)."""
-    lo = float(np.percentile(lum, 10))
-    hi = float(np.percentile(lum, 99.9))
+    lo, hi = percentiles(lum, (10, 99.9))
     level = lo + 0.5 * (hi - lo)
     border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
     return bool((border > level).sum() >= 3)
