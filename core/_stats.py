@@ -4,7 +4,10 @@
 Python dispatch alone, which on the per-frame path (the lucky cut's history
 of 50 scores, the alignment points' peaks) outweighs the arithmetic many
 times over. These sort once and repeat numpy's own interpolation, so the
-values are bit-identical to numpy's for finite samples.
+values are bit-identical to numpy's for finite samples: :func:`quantiles` to
+``np.quantile`` with a sequence of fractions (interpolated in float64),
+:func:`percentiles` to ``np.percentile`` with one scalar percent at a time
+(interpolated in the sample's dtype), :func:`median` to ``np.median``.
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ def find_disc(
     Runs on every frame (on the decode thread), so it favours single-pass
     OpenCV calls, which release the GIL, over numpy temporaries and boolean
     indexing; the results are those of the plain numpy formulation up to
-    float rounding (the percentiles are bit-identical).
+    float rounding (the percentiles are ``np.quantile``'s, bit for bit).
     """
     if lum.ndim != 2:
         raise FrameError(f"expected 2-D luminance, got shape {lum.shape}")
