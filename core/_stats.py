@@ -1,4 +1,4 @@
-"""Order statistics of small samples without numpy's per-call machinery.
+"""Order statistics without numpy's per-call machinery.
 
 :func:`np.percentile` and :func:`np.median` cost 20-60 us per call in
 Python dispatch alone, which on the per-frame path (the lucky cut's history
