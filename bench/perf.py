@@ -30,7 +30,8 @@ What it measures (640x480 8-bit mono PNG frames from
    across fork + exec into the child's ``ru_maxrss``, so it reported the
    bench's own ~380 MB;
 5. PlanetarySystemStacker on the same folder as (2), wall clock;
-6. a cProfile of ``run_batch``.
+6. a cProfile of ``run_batch``;
+7. the floor again, to tell whether the machine's speed held during the bench.
 
 Long measurements are capped in time so that ``--quick`` stays under 2
 minutes and the full run under 15; a capped measurement says how many frames
@@ -849,6 +850,13 @@ def build_report(r: dict, plan: Plan) -> str:
     f = r["floor"]
     add("floor: read + imdecode, 1 thread", f"{f['fps']:.0f} frames/s", "—", None, f["load"],
         f"{f['frames']} files; CPU-bound {f['cpu_fps']:.0f} frames/s")
+    fe = r.get("floor_end")
+    if fe:
+        drift = fe["fps"] / f["fps"] - 1
+        add("floor again, at the end of the bench", f"{fe['fps']:.0f} frames/s ({drift:+.0%})",
+            "—", None, fe["load"],
+            "the machine's speed changed during the bench: ratios and rates are unreliable"
+            if abs(drift) > 0.10 else "steady within 10 %: the ratios hold")
     for key in ("run_default", "run_seed"):
         x = r.get(key)
         if not x:
@@ -1122,6 +1130,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{SHAPE[1]}x{SHAPE[0]}; luckystack {results['git']}; {results['date']}")
         else:
             results["skipped"].append("profile")
+
+        # The machine's speed drifts (25 % within minutes on a shared VM): the
+        # floor again at the end tells whether the ratios above can be trusted.
+        say("7. floor again")
+        results["floor_end"] = measure_floor(floor_in, plan.floor_n)
+        say(f"   {results['floor_end']['fps']:.0f} frames/s")
     finally:
         CHILDREN.kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
