@@ -12,10 +12,11 @@ one thread, and each step's CPU time is taken with ``time.thread_time``:
 
 * read + decode -- ``read_frame`` alone, between the other steps;
 * floor -- read + ``cv2.imdecode`` of the same file again at once, as the
-  floor loop of ``perf.py`` does it and with its data and the decoder hot in
-  the caches as there (faster than ``read_frame`` between the other steps). Timed frame by frame beside the others, so
-  the machine's drift in speed (seen here: 25 % within minutes) does not
-  skew the ratio as a separate loop before or after would;
+  floor loop of ``perf.py`` does it, with its data and the decoder hot in
+  the caches as there (faster than ``read_frame`` between the other steps).
+  Timed frame by frame beside the others, so that the machine's drift in
+  speed (seen here: 25 % within minutes) does not skew the ratio as a
+  separate loop before or after would;
 * load -- ``Session.load``: read, decode, normalise and the stacker's
   per-frame measure (find the disc, crop, score), what the decode threads do;
 * measure -- ``LiveStacker.measure`` of the loaded frame again, alone;
@@ -28,10 +29,10 @@ counted twice: the per-frame total is load + process.
 
 The report gives the per-frame CPU of each step and two bounds: the rate if
 the total were spread over both cores with no loss (no GIL, no thread
-switches: what no threaded CPython program reaches), and the work per frame
-that 0.8x the one-thread decode rate would leave for everything but
-read + decode. Run it with nothing else on the machine; the machine's speed drifts,
-so the ratios matter more than the milliseconds.
+switches: what no threaded CPython program reaches), and the CPU per frame
+that 0.8x the floor would leave for everything but read + decode. Run it
+with nothing else on the machine; its speed drifts, so the ratios matter
+more than the milliseconds.
 """
 
 from __future__ import annotations
