@@ -424,6 +424,7 @@ class Daemon:
             write_comparison=self.settings.output.write_comparison, loader=self.loader,
             sharpened_interval_s=self.settings.output.sharpened_interval_s,
             stored_live_png=not self.settings.output.compress_live,
+            render_in_background=True,
         )
         session.open()
         if output_dir == self.output_dir:  # the folder's session: the page counts its CSV

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat as stat_mod
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -169,6 +171,13 @@ class Session:
         instead of 7 ms for its comparison), files ~16 % larger. The next
         full write (a pause, the end) writes them compressed again, so the
         files left behind are the usual ones. Off by default.
+    render_in_background : bool
+        A quick write hands ``sharpened.png`` and ``comparison.png`` (their
+        ~40-60 ms of sharpening) to a thread of their own and returns after
+        ``stacked.png``, so that the caller (the daemon's worker) does not
+        stall while frames arrive. One such render at a time; a full write
+        and :meth:`close` wait for it first, so the newest images land
+        last. Off by default (``run`` writes once, at the end).
     """
 
     def __init__(
@@ -184,6 +193,7 @@ class Session:
         retry_max_s: float = 5.0,
         sharpened_interval_s: float = 0.0,
         stored_live_png: bool = False,
+        render_in_background: bool = False,
     ) -> None:
         self.params = params
         self.input_root = Path(input_root).resolve()
@@ -210,6 +220,11 @@ class Session:
         self.sharpened_interval_s = float(sharpened_interval_s)
         self.stored_live_png = stored_live_png
         self._stored_on_disk: set[str] = set()  # images last written uncompressed
+        self.render_in_background = render_in_background
+        self._render_pool: ThreadPoolExecutor | None = None
+        self._render_job: Future[tuple[str, ...]] | None = None  # sharpened + comparison
+        self._render_lock = threading.Lock()  # _stored_on_disk while a render job runs
+        self._render_failed = False
         self._unsynced = False
         self._next_index = 0
         self.retry_min_s = retry_min_s
@@ -237,6 +252,10 @@ class Session:
             self._resume(records)
 
     def close(self) -> None:
+        self._finish_render()
+        if self._render_pool is not None:
+            self._render_pool.shutdown()
+            self._render_pool = None
         if self._unsynced:
             try:
                 fsync_files(self.output_dir / OUTPUT_NAMES[k] for k in IMAGE_OUTPUTS)
@@ -443,8 +462,10 @@ class Session:
     @property
     def dirty(self) -> bool:
         """True while something is not on disk yet: new images, or CSV rows waiting
-        (or images a quick write left uncompressed, see ``stored_live_png``)."""
-        return self._dirty or self._slow_dirty or self.log.pending > 0 or bool(self._stored_on_disk)
+        (or images a quick write left uncompressed, see ``stored_live_png``, or a
+        background render to collect, see ``render_in_background``)."""
+        return (self._dirty or self._slow_dirty or self.log.pending > 0
+                or bool(self._stored_on_disk) or self._render_job is not None)
 
     def render(self, *, slow: bool = True) -> dict[str, np.ndarray]:
         """The current output images (working data), without writing them.
@@ -456,16 +477,71 @@ class Session:
             return {}
         if not slow:
             return {"stacked": stacked}
+        best = self.stacker.best_crop() if self.write_comparison else None
+        return {"stacked": stacked,
+                **self._render_slow(stacked, best, self.stacker.stack_count())}
+
+    def _render_slow(
+        self, stacked: np.ndarray, best: np.ndarray | None, count: int
+    ) -> dict[str, np.ndarray]:
+        """``sharpened`` and, with ``best``, ``comparison`` of a stack (pure)."""
         sharpened = self.stacker.sharpen(stacked)
-        out = {"stacked": stacked, "sharpened": sharpened}
-        best = self.stacker.best_crop()
-        if self.write_comparison and best is not None:
+        out = {"sharpened": sharpened}
+        if best is not None:
             out["comparison"] = compose_panels([
                 ("best frame", best),
-                (f"stack of {self.stacker.stack_count()}", stacked),
+                (f"stack of {count}", stacked),
                 ("sharpened", sharpened),
             ])
         return out
+
+    def _write_images(self, images: dict[str, np.ndarray], stored: bool) -> list[str]:
+        """Encode and atomically replace ``images``; the names written, in order."""
+        written = []
+        for name, image in images.items():
+            atomic_write_bytes(
+                self.output_dir / OUTPUT_NAMES[name], encode_png16(image, stored=stored),
+                fsync=False,
+            )
+            written.append(name)
+            self._unsynced = True
+            with self._render_lock:
+                if stored:
+                    self._stored_on_disk.add(name)
+                else:
+                    self._stored_on_disk.discard(name)
+        return written
+
+    def _render_job_run(
+        self, stacked: np.ndarray, best: np.ndarray | None, count: int, stored: bool
+    ) -> tuple[str, ...]:
+        """The background render: sharpen, compose and write (a thread of its own)."""
+        return tuple(self._write_images(self._render_slow(stacked, best, count), stored))
+
+    def _finish_render(self) -> tuple[str, ...]:
+        """Wait for the background render, if any; the names it wrote.
+
+        A failed render leaves the slow images stale (written again when due)
+        and is logged once until one succeeds.
+        """
+        job, self._render_job = self._render_job, None
+        if job is None:
+            return ()
+        try:
+            names = job.result()
+        except Exception as err:
+            self.stats.write_failures += 1
+            self._slow_dirty = True
+            if not self._render_failed:
+                logger.opt(exception=None if isinstance(err, OSError) else err).error(
+                    "cannot write the sharpened images to {}: {}; the previous ones stay, "
+                    "retrying when they are next due", self.output_dir, err)
+            self._render_failed = True
+            return ()
+        if self._render_failed:
+            logger.info("sharpened images written again")
+            self._render_failed = False
+        return names
 
     def _append(self, record: CropRecord) -> None:
         if self.log.append(record):
@@ -492,37 +568,51 @@ class Session:
         consecutive failures are logged once, the recovery too.
         """
         now = time.monotonic()
+        background = quick and self.render_in_background
+        if self._render_job is not None and (not background or self._render_job.done()):
+            collected = self._finish_render()  # a full write: the newest images land last
+        else:
+            collected = ()
         if not force and self._failures and now < self._retry_at:
-            return False
+            if collected:
+                self.last_written = collected
+            return bool(collected)
         if self.log.pending:
             if self.log.flush_pending() and self._csv_waiting_logged:
                 logger.info("crop CSV appends work again: every waiting row is written")
                 self._csv_waiting_logged = False
         stored = quick and self.stored_live_png
         # A full write replaces the images a quick one left uncompressed.
-        recompress = () if quick else self._stored_on_disk
+        with self._render_lock:
+            recompress = () if quick else set(self._stored_on_disk)
         stacked_due = self._dirty or "stacked" in recompress
         slow = (self._slow_dirty or any(n != "stacked" for n in recompress)) and (
             not quick or now - self._last_slow >= self.sharpened_interval_s
         )
+        if background and slow and self._render_job is not None:
+            slow = False  # the render in progress: the next one when it is done
         if not (stacked_due or slow):
+            if collected:
+                self.last_written = collected
+                return True
             return False
         written: list[str] = []
         try:
-            images = self.render(slow=slow)
-            for name, image in images.items():  # stacked first: the latency users see
-                if name == "stacked" and not stacked_due:
-                    continue  # only the slow images were due
-                atomic_write_bytes(
-                    self.output_dir / OUTPUT_NAMES[name], encode_png16(image, stored=stored),
-                    fsync=False,
-                )
-                written.append(name)
-                if stored:
-                    self._stored_on_disk.add(name)
-                else:
-                    self._stored_on_disk.discard(name)
-                self._unsynced = True
+            if slow and background:
+                images = self.render(slow=False)
+                if "stacked" in images:
+                    best = self.stacker.best_crop() if self.write_comparison else None
+                    if self._render_pool is None:
+                        self._render_pool = ThreadPoolExecutor(
+                            max_workers=1, thread_name_prefix="luckystack-render")
+                    self._render_job = self._render_pool.submit(
+                        self._render_job_run, images["stacked"], best,
+                        self.stacker.stack_count(), stored)
+            else:
+                images = self.render(slow=slow)
+            if not stacked_due:  # only the slow images were due
+                images.pop("stacked", None)
+            written = self._write_images(images, stored)  # stacked first: the latency users see
             self.log.sync()
         except Exception as err:
             self.stats.write_failures += 1
@@ -539,9 +629,11 @@ class Session:
         if self._failures:
             logger.info("outputs written again after {} failed attempt(s)", self._failures)
             self._failures = 0
-            # a temporary file a failed write could not even remove (read-only file system)
+            # a temporary file a failed write could not even remove (read-only file
+            # system); not while a background render writes its own
+            collected += self._finish_render()
             remove_stale_temps(self.output_dir, OUTPUT_NAMES.values())
-        self.last_written = tuple(written)
+        self.last_written = collected + tuple(written)
         self._dirty = False
         if slow:
             self._slow_dirty = False

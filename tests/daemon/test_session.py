@@ -236,6 +236,95 @@ def test_stored_live_pngs_same_pixels_and_compressed_again_by_a_full_write(captu
     assert {n: final[n] for n in images} == {n: want[n] for n in images}
 
 
+def test_background_render_keeps_quick_writes_from_waiting_for_the_sharpening(
+    capture_copy, tmp_path, monkeypatch
+):
+    """With render_in_background, a quick write returns after stacked.png while
+    sharpened.png and comparison.png are rendered on another thread; a full
+    write waits for that render and leaves the same files as a plain session."""
+    import threading
+
+    from luckystack.core import pipeline
+    from luckystack.daemon.config import pipeline_params
+    from luckystack.daemon.session import Session
+
+    frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    params = pipeline_params(load_settings())
+    images = ("stacked.png", "sharpened.png", "comparison.png")
+    ref_out, out = tmp_path / "ref", tmp_path / "out"
+    with Session(params, capture_copy, ref_out) as ref:
+        for f in frames[:12]:
+            ref.process(f)
+        assert ref.write_outputs()
+
+    release = threading.Event()
+    renders: list[str] = []
+    sharpen = pipeline.LiveStacker.sharpen
+
+    def slow_sharpen(self, image):
+        renders.append(threading.current_thread().name)
+        assert release.wait(30)
+        return sharpen(self, image)
+
+    monkeypatch.setattr(pipeline.LiveStacker, "sharpen", slow_sharpen)
+    with Session(params, capture_copy, out, sharpened_interval_s=0.0,
+                 render_in_background=True) as session:
+        for f in frames[:6]:
+            session.process(f)
+        assert session.write_outputs(quick=True)  # the sharpening is blocked meanwhile
+        assert session.last_written == ("stacked",)
+        assert (out / "stacked.png").is_file() and not (out / "sharpened.png").exists()
+        for f in frames[6:12]:
+            session.process(f)
+        assert session.write_outputs(quick=True)  # still one render at a time
+        assert session.last_written == ("stacked",)
+        assert len(renders) == 1 and renders[0].startswith("luckystack-render")
+        assert session.dirty
+        release.set()
+        assert session.write_outputs()  # waits for the render, then the newest images
+        assert not session.dirty
+    final, want = _digest(out), _digest(ref_out)
+    assert {n: final[n] for n in images} == {n: want[n] for n in images}
+
+
+def test_background_render_failure_is_reported_and_written_again(
+    capture_copy, tmp_path, monkeypatch
+):
+    from luckystack.core import pipeline
+    from luckystack.daemon.config import pipeline_params
+    from luckystack.daemon.session import Session
+
+    frames = sorted(capture_copy.glob("frame_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    out = tmp_path / "out"
+    sharpen = pipeline.LiveStacker.sharpen
+    calls = []
+
+    def failing_once(self, image):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return sharpen(self, image)
+
+    monkeypatch.setattr(pipeline.LiveStacker, "sharpen", failing_once)
+    with Session(pipeline_params(load_settings()), capture_copy, out, sharpened_interval_s=0.0,
+                 render_in_background=True) as session:
+        for f in frames[:8]:
+            session.process(f)
+        assert session.write_outputs(quick=True)
+        session._render_job.exception(timeout=30)  # the render has failed
+        assert session.dirty  # collected by the next write
+        session.write_outputs(quick=True)  # collects the failure; due again: a new render
+        assert session.stats.write_failures == 1
+        assert session.write_outputs()  # a full write collects that one
+        assert not session.dirty
+        assert len(calls) == 2
+        assert (out / "sharpened.png").is_file() and (out / "comparison.png").is_file()
+        expected = session.render()
+    sharpened = cv2.imread(str(out / "sharpened.png"), cv2.IMREAD_UNCHANGED)
+    want = np.clip(np.rint(expected["sharpened"] * 65535), 0, 65535)
+    assert np.abs(sharpened.astype(np.float64) - want).max() <= 1
+
+
 def test_session_load_measures_the_frame_for_the_stacker(capture_copy, tmp_path):
     from luckystack.daemon.config import pipeline_params
     from luckystack.daemon.session import Session
