@@ -14,6 +14,16 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+def _plain_outputs(params, folder, out, frames):
+    """The images of a plain session (one full write at the end) over ``frames``."""
+    from luckystack.daemon.session import Session
+
+    with Session(params, folder, out) as ref:
+        for f in frames:
+            ref.process(f)
+        assert ref.write_outputs()
+
+
 def test_run_writes_four_outputs_and_one_row_per_frame(capture_copy, tmp_path):
     before = _digest(capture_copy)
     out = tmp_path / "out"
@@ -212,10 +222,7 @@ def test_stored_live_pngs_same_pixels_and_compressed_again_by_a_full_write(captu
     params = pipeline_params(load_settings())
     images = ("stacked.png", "sharpened.png", "comparison.png")
     ref_out, out = tmp_path / "ref", tmp_path / "out"
-    with Session(params, capture_copy, ref_out) as ref:
-        for f in frames[:12]:
-            ref.process(f)
-        assert ref.write_outputs()
+    _plain_outputs(params, capture_copy, ref_out, frames[:12])
     with Session(params, capture_copy, out, sharpened_interval_s=0.0,
                  stored_live_png=True) as session:
         for f in frames[:12]:
@@ -252,10 +259,7 @@ def test_background_render_keeps_quick_writes_from_waiting_for_the_sharpening(
     params = pipeline_params(load_settings())
     images = ("stacked.png", "sharpened.png", "comparison.png")
     ref_out, out = tmp_path / "ref", tmp_path / "out"
-    with Session(params, capture_copy, ref_out) as ref:
-        for f in frames[:12]:
-            ref.process(f)
-        assert ref.write_outputs()
+    _plain_outputs(params, capture_copy, ref_out, frames[:12])
 
     release = threading.Event()
     renders: list[str] = []
