@@ -37,6 +37,28 @@ __all__ = [
 ]
 
 
+#: Permissions of new output files before the umask, as the CSV is created with.
+OUTPUT_MODE = 0o644
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``).
+
+    ``os.umask`` can only be read by setting it, which would briefly apply to
+    files other threads create; it is the fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - Linux has /proc
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + os.replace).
 
@@ -50,6 +72,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            # mkstemp makes the file 0600; outputs get the CSV's permissions (0644 less
+            # the umask: the unit's UMask=0027 lets the capture user's group read them).
+            os.fchmod(fh.fileno(), OUTPUT_MODE & ~current_umask())
             fh.write(data)
             fh.flush()
             if fsync:
@@ -237,7 +262,7 @@ class CropLog:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         else:  # new, or only a torn header (killed while creating it)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-                               | os.O_CLOEXEC, 0o644)
+                               | os.O_CLOEXEC, OUTPUT_MODE)
             self._pending = [self._encode(header)]
         self._size = os.fstat(self._fd).st_size
         self.flush_pending()

@@ -64,6 +64,27 @@ def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
     assert os.listdir(tmp_path) == ["x.png"]
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)],
+                         ids=["umask022", "umask027", "umask077"])
+def test_outputs_get_the_csvs_permissions_under_the_umask(tmp_path, umask, mode):
+    """Images used to keep mkstemp's 0600, unreadable by the group the unit's
+    UMask=0027 shares the outputs with; now they are created as the CSV is."""
+    from luckystack.daemon.outputs import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_bytes(tmp_path / "stacked.png", b"x")
+        atomic_write_bytes(tmp_path / "stacked.png", b"y")  # replacing: the new file's mode
+        log = CropLog(tmp_path / "crops.csv")
+        log.open()
+        log.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "stacked.png").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "crops.csv").stat().st_mode & 0o777 == mode
+
+
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "x.png"
     atomic_write_bytes(target, b"old")
