@@ -17,12 +17,15 @@ import numpy as np
 __all__ = ["median", "percentiles", "quantiles"]
 
 
-def quantiles(sample: np.ndarray, fractions: tuple[float, ...]) -> tuple[float, ...]:
-    """``np.quantile(sample, fractions)`` (linear method), bit for bit.
+def _interpolated(
+    sample: np.ndarray, fractions: tuple[float, ...], *, in_dtype: bool
+) -> tuple[float, ...]:
+    """numpy's linear quantiles of ``sample`` at ``fractions`` after one sort.
 
-    The interpolation repeats numpy's ``_lerp`` (difference in the sample's
-    dtype, two-sided formula). ``sample`` must be finite and non-empty; it
-    may be a strided view or any shape (it is flattened).
+    numpy's ``_lerp``: the difference of the two neighbours in the sample's
+    dtype, the two-sided formula; the rest in float64 (``np.quantile`` of a
+    sequence) or, ``in_dtype``, in the sample's dtype (``np.percentile`` of a
+    scalar, whose weight is a weak Python float).
     """
     ordered = np.sort(sample, axis=None)
     last = ordered.size - 1
@@ -32,32 +35,33 @@ def quantiles(sample: np.ndarray, fractions: tuple[float, ...]) -> tuple[float, 
         i = min(int(v), last)
         t = v - i
         a, b = ordered[i], ordered[min(i + 1, last)]
-        d = float(b - a)  # in the sample's dtype, as numpy's _lerp
-        out.append(float(b) - d * (1.0 - t) if t >= 0.5 else float(a) + d * t)
+        d = b - a
+        if not in_dtype:
+            a, b, d = float(a), float(b), float(d)
+        out.append(float(b - d * (1 - t) if t >= 0.5 else a + d * t))
     return tuple(out)
+
+
+def quantiles(sample: np.ndarray, fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.quantile(sample, fractions)`` (linear method), bit for bit.
+
+    ``sample`` must be finite and non-empty; it may be a strided view or any
+    shape (it is flattened).
+    """
+    return _interpolated(sample, fractions, in_dtype=False)
 
 
 def percentiles(sample: np.ndarray, percents: tuple[float, ...]) -> tuple[float, ...]:
     """``np.percentile(sample, p)`` for each scalar ``p`` in ``percents``, bit for bit.
 
     With a scalar ``p`` numpy interpolates in the sample's own dtype
-    (float32 for working data; a weak Python float as the weight), where
-    :func:`quantiles` repeats its float64 interpolation of an array of
-    fractions. One sort serves all of ``percents``: on a 640x480 frame of
-    8-bit levels, two calls of ``np.percentile`` took 11 ms (its partition is
-    slow on the many ties), this 0.9 ms.
+    (float32 for working data), where :func:`quantiles` repeats its float64
+    interpolation of an array of fractions. One sort serves all of
+    ``percents``: on a 640x480 frame of 8-bit levels, two calls of
+    ``np.percentile`` took 11 ms (its partition is slow on the many ties),
+    this 0.9 ms.
     """
-    ordered = np.sort(sample, axis=None)
-    last = ordered.size - 1
-    out = []
-    for p in percents:
-        v = last * (p / 100)
-        i = min(int(v), last)
-        t = v - i
-        a, b = ordered[i], ordered[min(i + 1, last)]  # numpy scalars: numpy's arithmetic
-        d = b - a
-        out.append(float(b - d * (1 - t) if t >= 0.5 else a + d * t))
-    return tuple(out)
+    return _interpolated(sample, tuple(p / 100 for p in percents), in_dtype=True)
 
 
 def median(sample: np.ndarray) -> float:
