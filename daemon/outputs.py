@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, fields
 from collections.abc import Iterable
 from glob import escape as glob_escape
@@ -41,22 +41,20 @@ __all__ = [
 OUTPUT_MODE = 0o644
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it (``/proc/self/status``).
+def _new_temp(path: Path) -> tuple[int, str]:
+    """Create a hidden temporary file beside ``path`` (``.NAME.XXXXXXXX.tmp``).
 
-    ``os.umask`` can only be read by setting it, which would briefly apply to
-    files other threads create; it is the fallback where /proc is missing.
+    Created as the CSV is, with ``OUTPUT_MODE`` less the umask applied by the
+    kernel (mkstemp's 0600 left the images unreadable by the group the
+    unit's UMask=0027 shares them with); exclusive, as mkstemp.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # pragma: no cover - Linux has /proc
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           OUTPUT_MODE), tmp
+        except FileExistsError:  # pragma: no cover - 1 in 4 billion
+            continue
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
@@ -69,12 +67,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     version.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            # mkstemp makes the file 0600; outputs get the CSV's permissions (0644 less
-            # the umask: the unit's UMask=0027 lets the capture user's group read them).
-            os.fchmod(fh.fileno(), OUTPUT_MODE & ~current_umask())
             fh.write(data)
             fh.flush()
             if fsync:
